@@ -1,0 +1,263 @@
+"""Pooling operators phi: how a query token's similarities to the M document patches become one number.
+
+A pooling reduces the last axis of a similarity tensor ``S [..., M]`` under a patch mask ``[..., M]``
+(True = real patch, broadcastable to S). Masked patches never influence the value or its gradient.
+
+Specs are strings (``"maxsim"``, ``"topk:4"``, ``"softmax:0.1"``, ``"mean"``) or ``Pooling`` objects;
+``parse_pooling`` turns one into the other. A new pooling is one subclass decorated with ``@register``.
+
+>>> S = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+>>> pool(S, "maxsim").item(), round(pool(S, "topk:2").item(), 3), round(pool(S, "mean").item(), 3)
+(0.8999999761581543, 0.7, 0.45)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from ._checks import check_positive_float, check_positive_int, check_tensor
+
+_REGISTRY: dict[str, Callable[[str | None], Pooling]] = {}
+
+
+def register(cls: type[Pooling]) -> type[Pooling]:
+    """Class decorator: make ``cls`` reachable from ``parse_pooling(cls.name[:arg])``."""
+    _REGISTRY[cls.name] = cls.from_arg
+    return cls
+
+
+def available_poolings() -> list[str]:
+    """Names accepted by ``parse_pooling`` (the part before the colon)."""
+    return sorted(_REGISTRY)
+
+
+def _masked_fill(S: Tensor, mask: Tensor | None, value: float) -> Tensor:
+    return S if mask is None else S.masked_fill(~mask, value)
+
+
+def _valid_count(S: Tensor, mask: Tensor | None) -> Tensor:
+    """Number of valid patches, shaped like S without its last axis (float)."""
+    if mask is None:
+        return torch.full(S.shape[:-1], S.shape[-1], dtype=S.dtype, device=S.device)
+    return mask.expand_as(S).sum(-1).to(S.dtype)
+
+
+@dataclass(frozen=True)
+class Pooling:
+    """Base class. Subclasses implement ``reduce`` and, where one exists, the closed-form ``jacobian``."""
+
+    name: ClassVar[str] = ""
+
+    @classmethod
+    def from_arg(cls, arg: str | None) -> Pooling:
+        if arg is not None:
+            raise ValueError(f"pooling {cls.name!r} takes no argument, got {cls.name}:{arg}")
+        return cls()
+
+    @property
+    def spec(self) -> str:
+        """The string that ``parse_pooling`` maps back to this object."""
+        return self.name
+
+    @property
+    def label(self) -> str:
+        """A human-readable name for plots and tables."""
+        return self.name
+
+    def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        """phi over the last axis: S [..., M], mask broadcastable to S -> [...]."""
+        raise NotImplementedError
+
+    def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        """d phi / d S, same shape as S: the share of a token's gradient each patch receives.
+
+        The default uses autograd; poolings with a closed form override it.
+        """
+        with torch.enable_grad():
+            S_ = S.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.reduce(S_, mask).sum(), S_)
+        return grad
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+@register
+@dataclass(frozen=True)
+class MaxSim(Pooling):
+    """phi = max_j S_j. All of a token's gradient goes to its arg-max patch (first one on ties)."""
+
+    name: ClassVar[str] = "maxsim"
+
+    @property
+    def label(self) -> str:
+        return "MaxSim"
+
+    def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        # .max (not .amax): autograd then routes the gradient to the same single index as `jacobian`.
+        return _masked_fill(S, mask, float("-inf")).max(-1).values
+
+    def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        idx = _masked_fill(S, mask, float("-inf")).max(-1, keepdim=True).indices
+        return torch.zeros_like(S).scatter_(-1, idx, 1.0)
+
+
+@register
+@dataclass(frozen=True)
+class TopK(Pooling):
+    """phi = mean of the k largest S_j. With fewer than k valid patches, the mean over all valid ones."""
+
+    k: int = 4
+    name: ClassVar[str] = "topk"
+
+    def __post_init__(self) -> None:
+        check_positive_int("k", self.k)
+
+    @classmethod
+    def from_arg(cls, arg: str | None) -> Pooling:
+        if arg is None:
+            raise ValueError("pooling 'topk' needs k, e.g. 'topk:4'")
+        try:
+            k = int(arg)
+        except ValueError:
+            raise ValueError(f"pooling 'topk' needs an integer k, got 'topk:{arg}'") from None
+        return cls(k)
+
+    @property
+    def spec(self) -> str:
+        return f"topk:{self.k}"
+
+    @property
+    def label(self) -> str:
+        return f"Top-{self.k}"
+
+    def _top(self, S: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        k = min(self.k, S.shape[-1])
+        vals, idx = _masked_fill(S, mask, float("-inf")).topk(k, dim=-1)
+        valid = torch.isfinite(vals)
+        return vals, idx, valid
+
+    def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        vals, _, valid = self._top(S, mask)
+        total = torch.where(valid, vals, torch.zeros_like(vals)).sum(-1)
+        return total / valid.sum(-1).to(S.dtype)
+
+    def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        _, idx, valid = self._top(S, mask)
+        share = valid.to(S.dtype) / valid.sum(-1, keepdim=True).to(S.dtype)
+        return torch.zeros_like(S).scatter_(-1, idx, share)
+
+
+@register
+@dataclass(frozen=True)
+class Softmax(Pooling):
+    """phi = sum_j w_j S_j with w = softmax(S / tau). tau -> 0 gives MaxSim, tau -> inf the mean.
+
+    d phi / d S_j = w_j (1 + (S_j - phi) / tau): every valid patch receives gradient.
+    """
+
+    tau: float = 1.0
+    name: ClassVar[str] = "softmax"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tau", check_positive_float("tau", self.tau))
+
+    @classmethod
+    def from_arg(cls, arg: str | None) -> Pooling:
+        if arg is None:
+            raise ValueError("pooling 'softmax' needs tau, e.g. 'softmax:0.1'")
+        try:
+            tau = float(arg)
+        except ValueError:
+            raise ValueError(f"pooling 'softmax' needs a number tau, got 'softmax:{arg}'") from None
+        return cls(tau)
+
+    @property
+    def spec(self) -> str:
+        return f"softmax:{self.tau:g}"
+
+    @property
+    def label(self) -> str:
+        return f"Softmax τ={self.tau:g}"
+
+    def weights(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        """w_j = softmax_j(S_j / tau) over valid patches (0 on masked ones)."""
+        return torch.softmax(_masked_fill(S, mask, float("-inf")) / self.tau, dim=-1)
+
+    def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        return (self.weights(S, mask) * _masked_fill(S, mask, 0.0)).sum(-1)
+
+    def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        w = self.weights(S, mask)
+        phi = (w * _masked_fill(S, mask, 0.0)).sum(-1, keepdim=True)
+        return w * (1 + (_masked_fill(S, mask, 0.0) - phi) / self.tau)
+
+
+@register
+@dataclass(frozen=True)
+class Mean(Pooling):
+    """phi = mean of the valid S_j: gradient spread evenly (Gini 0)."""
+
+    name: ClassVar[str] = "mean"
+
+    @property
+    def label(self) -> str:
+        return "Mean"
+
+    def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        return _masked_fill(S, mask, 0.0).sum(-1) / _valid_count(S, mask)
+
+    def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        ones = torch.ones_like(S) if mask is None else mask.expand_as(S).to(S.dtype)
+        return ones / _valid_count(S, mask).unsqueeze(-1)
+
+
+def parse_pooling(spec: str | Pooling) -> Pooling:
+    """``"maxsim" | "topk:K" | "softmax:TAU" | "mean" | ...`` (or a Pooling, returned as is) -> Pooling."""
+    if isinstance(spec, Pooling):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"pooling must be a string spec or a Pooling, got {type(spec).__name__}")
+    name, _, arg = spec.strip().lower().partition(":")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown pooling {spec!r}; valid names: {', '.join(available_poolings())}")
+    return _REGISTRY[name](arg or None)
+
+
+def _broadcast_mask(S: Tensor, mask: Tensor | None) -> Tensor | None:
+    """Validate a patch mask [..., M] against S [..., T, M] and insert the T axis."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        raise TypeError("mask must be a bool tensor [..., M] (True = real patch)")
+    if mask.ndim < 1 or mask.shape[-1] != S.shape[-1]:
+        raise ValueError(f"mask must have last dim M={S.shape[-1]}, got shape {tuple(mask.shape)}")
+    m = mask.unsqueeze(-2)
+    try:
+        torch.broadcast_shapes(m.shape, S.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"mask shape {tuple(mask.shape)} does not broadcast to S [..., T, M] = {tuple(S.shape)}"
+        ) from None
+    if bool((~mask.any(-1)).any()):
+        raise ValueError("mask: a document has no valid patch (every entry False)")
+    return m
+
+
+def pool(S: Tensor, pooling: str | Pooling, mask: Tensor | None = None) -> Tensor:
+    """Apply phi per query token: S [..., T, M], mask bool [..., M] (broadcastable) -> [..., T]."""
+    p = parse_pooling(pooling)
+    check_tensor("S", S, min_ndim=2)
+    return p.reduce(S, _broadcast_mask(S, mask))
+
+
+def jacobian(S: Tensor, pooling: str | Pooling, mask: Tensor | None = None) -> Tensor:
+    """Closed-form d phi_i / d S_ij for every token i: S [..., T, M] -> [..., T, M]."""
+    p = parse_pooling(pooling)
+    check_tensor("S", S, min_ndim=2)
+    return p.jacobian(S, _broadcast_mask(S, mask))
