@@ -52,6 +52,9 @@ class Pooling:
     """Base class. Subclasses implement ``reduce`` and, where one exists, the closed-form ``jacobian``."""
 
     name: ClassVar[str] = ""
+    #: False for poolings that couple query tokens (e.g. capacity-limited matching): they implement
+    #: ``pool_tokens`` on S [..., T, M] instead of the per-token ``reduce``.
+    token_wise: ClassVar[bool] = True
 
     @classmethod
     def from_arg(cls, arg: str | None) -> Pooling:
@@ -73,15 +76,28 @@ class Pooling:
         """phi over the last axis: S [..., M], mask broadcastable to S -> [...]."""
         raise NotImplementedError
 
+    def pool_tokens(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        """phi for every query token: S [..., T, M], mask broadcastable to S -> [..., T]."""
+        return self.reduce(S, mask)
+
     def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
-        """d phi / d S, same shape as S: the share of a token's gradient each patch receives.
+        """d phi_i / d S_ij for S [..., T, M]: how a token's gradient is shared among the patches.
 
         The default uses autograd; poolings with a closed form override it.
         """
         with torch.enable_grad():
             S_ = S.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.reduce(S_, mask).sum(), S_)
+            (grad,) = torch.autograd.grad(self.pool_tokens(S_, mask).sum(), S_)
         return grad
+
+    def selection(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Which patches a token "selects": non-negative weights over M summing to 1, S [..., T, M].
+
+        One-hot for MaxSim, 1/k on the top-k set, the softmax weights for softmax pooling. Used for hijack
+        rates. The default normalises |jacobian|.
+        """
+        J = self.jacobian(S, mask).abs()
+        return J / J.sum(-1, keepdim=True).clamp_min(torch.finfo(J.dtype).tiny)
 
     def __str__(self) -> str:
         return self.spec
@@ -189,6 +205,9 @@ class Softmax(Pooling):
         """w_j = softmax_j(S_j / tau) over valid patches (0 on masked ones)."""
         return torch.softmax(_masked_fill(S, mask, float("-inf")) / self.tau, dim=-1)
 
+    def selection(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.weights(S, mask)
+
     def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         return (self.weights(S, mask) * _masked_fill(S, mask, 0.0)).sum(-1)
 
@@ -253,7 +272,7 @@ def pool(S: Tensor, pooling: str | Pooling, mask: Tensor | None = None) -> Tenso
     """Apply phi per query token: S [..., T, M], mask bool [..., M] (broadcastable) -> [..., T]."""
     p = parse_pooling(pooling)
     check_tensor("S", S, min_ndim=2)
-    return p.reduce(S, _broadcast_mask(S, mask))
+    return p.pool_tokens(S, _broadcast_mask(S, mask))
 
 
 def jacobian(S: Tensor, pooling: str | Pooling, mask: Tensor | None = None) -> Tensor:
@@ -261,3 +280,10 @@ def jacobian(S: Tensor, pooling: str | Pooling, mask: Tensor | None = None) -> T
     p = parse_pooling(pooling)
     check_tensor("S", S, min_ndim=2)
     return p.jacobian(S, _broadcast_mask(S, mask))
+
+
+def selection(S: Tensor, pooling: str | Pooling, mask: Tensor | None = None) -> Tensor:
+    """Selection weights of every token over the patches (rows sum to 1): S [..., T, M] -> [..., T, M]."""
+    p = parse_pooling(pooling)
+    check_tensor("S", S, min_ndim=2)
+    return p.selection(S, _broadcast_mask(S, mask))

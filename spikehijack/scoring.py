@@ -69,7 +69,12 @@ def score_matrix(
         n = Dc.shape[0]
         S = _pool_low_precision((q_flat @ Dc.reshape(n * M, d).T).view(Nq, T, n, M))
         m = None if d_mask is None else d_mask[start : start + step]  # [n, M] broadcasts over [Nq, T]
-        out.append(_sum_tokens(p.reduce(S, m), q_mask))
+        if p.token_wise:
+            phi = p.reduce(S, m)  # [Nq, T, n]
+        else:  # poolings that couple tokens need S as [Nq, n, T, M]
+            mm = None if m is None else m[None, :, None, :]
+            phi = p.pool_tokens(S.permute(0, 2, 1, 3), mm).permute(0, 2, 1)
+        out.append(_sum_tokens(phi, q_mask))
     return torch.cat(out, dim=1)
 
 
@@ -87,7 +92,7 @@ def score_pairs(
         raise ValueError(f"score_pairs needs as many queries as documents, got Q {Q.shape[0]}, D {D.shape[0]}")
     S = _pool_low_precision(torch.bmm(Q, D.transpose(1, 2)))  # [N, T, M]
     m = None if d_mask is None else d_mask.unsqueeze(1)
-    return _sum_tokens(p.reduce(S, m), q_mask)
+    return _sum_tokens(p.pool_tokens(S, m), q_mask)
 
 
 def similarities(Q: Tensor, D: Tensor) -> Tensor:
