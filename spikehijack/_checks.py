@@ -18,7 +18,8 @@ def check_tensor(name: str, x: object, ndim: int | None = None, min_ndim: int | 
         raise ValueError(f"{name} must have at least {min_ndim} dims, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
+    lo, hi = torch.aminmax(x.detach())  # one read pass, no bool copy of x; nan propagates to both
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or inf")
     return x
 

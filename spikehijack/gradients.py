@@ -23,6 +23,8 @@ def pooling_jacobian(
     """J [N, T, M] for aligned pairs Q [N, T, d], D [N, M, d]; rows of padded query tokens are zero."""
     p = parse_pooling(pooling)
     check_queries_documents(Q, D, q_mask, d_mask)
+    if Q.shape[0] != D.shape[0]:
+        raise ValueError(f"Q and D must be aligned pairs, got {Q.shape[0]} queries and {D.shape[0]} documents")
     S = torch.bmm(Q, D.transpose(1, 2))
     J = p.jacobian(S, None if d_mask is None else d_mask.unsqueeze(1))
     if q_mask is not None:

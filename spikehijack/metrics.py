@@ -87,7 +87,7 @@ def patch_gradient_norms(
         if loss == "infonce":
             objective = infonce_loss(Z)
         elif loss == "pair":
-            coef = torch.softmax(Z.detach().float(), dim=1).diagonal() - 1  # dL_a / dZ_aa
+            coef = torch.softmax(Z.detach(), dim=1).diagonal() - 1  # dL_a / dZ_aa (Z is fp32 or wider)
             objective = (coef.to(Z.dtype) * score_pairs(Qd, Dd, p, q_mask, d_mask)).sum()
         else:
             raise ValueError(f"loss must be 'pair' or 'infonce', got {loss!r}")

@@ -7,8 +7,8 @@ Specs are strings (``"maxsim"``, ``"topk:4"``, ``"softmax:0.1"``, ``"mean"``) or
 ``parse_pooling`` turns one into the other. A new pooling is one subclass decorated with ``@register``.
 
 >>> S = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
->>> pool(S, "maxsim").item(), round(pool(S, "topk:2").item(), 3), round(pool(S, "mean").item(), 3)
-(0.8999999761581543, 0.7, 0.45)
+>>> round(pool(S, "maxsim").item(), 3), round(pool(S, "topk:2").item(), 3), round(pool(S, "mean").item(), 3)
+(0.9, 0.7, 0.45)
 """
 
 from __future__ import annotations
@@ -258,7 +258,8 @@ def _broadcast_mask(S: Tensor, mask: Tensor | None) -> Tensor | None:
         raise ValueError(f"mask must have last dim M={S.shape[-1]}, got shape {tuple(mask.shape)}")
     m = mask.unsqueeze(-2)
     try:
-        torch.broadcast_shapes(m.shape, S.shape)
+        if torch.broadcast_shapes(m.shape, S.shape) != S.shape:  # a mask may not add batch dims to S
+            raise RuntimeError
     except RuntimeError:
         raise ValueError(
             f"mask shape {tuple(mask.shape)} does not broadcast to S [..., T, M] = {tuple(S.shape)}"

@@ -1,0 +1,163 @@
+"""Persistence (spikehijack.io), statistics (spikehijack.stats) and cached sweeps (spikehijack.sweeps)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spikehijack import io, stats
+from spikehijack.sweeps import load_cached, run_grid, run_key
+
+# ---------------------------------------------------------------- io
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path):
+    target = tmp_path / "sub" / "table.csv"
+    with pytest.raises(RuntimeError, match="boom"), io.atomic_write(target, "w") as fh:
+        fh.write("half a line")
+        raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # no temporary file left behind either
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_raises(tmp_path):
+    target = tmp_path / "t.json"
+    io.write_json({"a": 1}, target)
+    with pytest.raises(KeyboardInterrupt), io.atomic_write(target, "w") as fh:
+        fh.write("{ broken")
+        raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
+
+
+def test_round_trips(tmp_path):
+    df = pd.DataFrame({"pooling": ["maxsim", "topk:4"], "gini": [0.78, 0.45]})
+    pd.testing.assert_frame_equal(pd.read_csv(io.write_csv(df, tmp_path / "a.csv")), df)
+    arrays = {"g": np.arange(6.0).reshape(2, 3), "idx": np.array([3, 1])}
+    back = io.read_npz(io.write_npz(tmp_path / "a.npz", **arrays))
+    assert set(back) == {"g", "idx"} and all(np.array_equal(back[k], v) for k, v in arrays.items())
+    assert json.loads(io.write_json({"b": [1, 2]}, tmp_path / "a.json").read_text()) == {"b": [1, 2]}
+
+
+def test_read_npz_refuses_corrupt_and_pickled_files(tmp_path):
+    bad = tmp_path / "garbage.npz"
+    bad.write_bytes(b"this is not a zip file")
+    with pytest.raises(ValueError, match="corrupt or unreadable npz"):
+        io.read_npz(bad)
+    good = io.write_npz(tmp_path / "good.npz", x=np.ones(1000))
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or unreadable npz"):
+        io.read_npz(truncated)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, obj=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="corrupt or unreadable npz"):
+        io.read_npz(pickled)
+
+
+def test_config_hash_is_order_independent_and_sensitive_to_values():
+    a = {"pooling": "maxsim", "M": 64, "seed": 0, "nested": {"x": 1, "y": 2}}
+    b = {"seed": 0, "nested": {"y": 2, "x": 1}, "M": 64, "pooling": "maxsim"}
+    assert io.config_hash(a) == io.config_hash(b) == run_key(b)
+    assert len(io.config_hash(a)) == 16 and len(io.config_hash(a, length=8)) == 8
+    assert io.config_hash(a) != io.config_hash({**a, "M": 128})
+    assert io.config_hash(a) != io.config_hash({**a, "seed": 1})
+
+
+def test_cached_csv_computes_once_and_recomputes_a_corrupt_file(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame({"x": [1, 2]})
+
+    path = tmp_path / "c.csv"
+    io.cached_csv(path, compute)
+    pd.testing.assert_frame_equal(io.cached_csv(path, compute), pd.DataFrame({"x": [1, 2]}))
+    assert len(calls) == 1
+    path.write_bytes(b"")  # an empty (corrupt) cache file
+    io.cached_csv(path, compute)
+    assert len(calls) == 2
+
+
+def test_results_dir(tmp_path):
+    assert io.results_dir("quick", root=tmp_path) == tmp_path / "results" / "quick"
+    assert io.results_dir("paper", root=tmp_path) == tmp_path / "reports" / "paper" / "tables"
+    assert (tmp_path / "reports" / "paper" / "tables").is_dir()
+
+
+# ---------------------------------------------------------------- stats
+
+
+def test_mean_ci_on_known_data():
+    m, lo, hi = stats.mean_ci([1, 2, 3, 4, 5])
+    half = 2.7764451051977987 * np.sqrt(2.5) / np.sqrt(5)  # t_{0.975, 4} * sd / sqrt(n)
+    assert (m, lo, hi) == pytest.approx((3.0, 3.0 - half, 3.0 + half))
+    assert stats.mean_ci([2.5]) == (2.5, 2.5, 2.5)
+    assert stats.mean_ci([1.0, float("nan"), 3.0])[0] == pytest.approx(2.0)  # NaN dropped
+    m, lo, hi = stats.mean_ci([1, 2, 3, 4, 5], level=0.5)
+    assert hi - lo < 2 * half / 2
+
+
+def test_summarize_paired_test_bootstrap_and_claim_row():
+    df = pd.DataFrame({"pooling": ["a"] * 3 + ["b"] * 2, "value": [1.0, 2.0, 3.0, 5.0, 5.0]})
+    s = stats.summarize(df, ["pooling"])
+    assert s["n"].tolist() == [3, 2] and s["mean"].tolist() == pytest.approx([2.0, 5.0])
+    assert s.loc[1, "ci_low"] == s.loc[1, "ci_high"] == 5.0
+    t = stats.paired_test([2.0, 3.0, 5.0, 6.0], [1.0, 1.0, 2.0, 2.0])
+    diffs = np.array([1.0, 2.0, 3.0, 4.0])
+    assert t["mean_diff"] == pytest.approx(2.5) and t["n"] == 4
+    assert t["cohens_dz"] == pytest.approx(2.5 / diffs.std(ddof=1))
+    assert t["t"] == pytest.approx(2.5 / (diffs.std(ddof=1) / 2))
+    m, lo, hi = stats.bootstrap_ci(np.arange(100.0), seed=1)
+    assert m == 49.5 and lo < 49.5 < hi and stats.bootstrap_ci(np.arange(100.0), seed=1) == (m, lo, hi)
+    row = stats.claim_row("1", "Gini", "0.78", 0.81234567, 0.8, 0.83, "reproduced", "01")
+    assert row["ours"] == 0.8123 and row["verdict"] == "reproduced"
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def square(config):
+    if config.get("fail"):
+        raise RuntimeError(f"run {config['x']} failed on purpose")
+    return pd.DataFrame({"y": [config["x"] ** 2]})
+
+
+def test_run_grid_caches_resumes_and_reports_failures(tmp_path):
+    configs = [{"x": 1}, {"x": 2, "fail": True}, {"x": 3}]
+    res = run_grid(configs, square, tmp_path, progress=False)
+    assert (res.n_cached, res.n_computed) == (0, 2)
+    assert len(res.failures) == 1 and res.failures[0].config == {"x": 2, "fail": True}
+    assert "failed on purpose" in res.failures[0].error
+    assert sorted(res.table["y"]) == [1, 9] and set(res.table["run_key"]) == {run_key(c) for c in configs[::2]}
+    with pytest.raises(RuntimeError, match=r"(?s)1 run\(s\) failed.*run 2 failed on purpose"):
+        res.raise_for_failures()
+    assert not (tmp_path / f"{run_key(configs[1])}.csv").exists()  # a failed run leaves no record
+
+    # resume: the cached runs are skipped, a new config is computed
+    configs = [{"x": 1}, {"x": 3}, {"x": 4}]
+    res = run_grid(configs, square, tmp_path, progress=False).raise_for_failures()
+    assert (res.n_cached, res.n_computed, res.failures) == (2, 1, [])
+    assert sorted(res.table["y"]) == [1, 9, 16] and "x" in res.table.columns
+    pd.testing.assert_frame_equal(load_cached(configs, tmp_path), res.table)
+
+
+def test_run_grid_retries_and_rejects_non_frames(tmp_path):
+    state = {"n": 0}
+
+    def flaky(config):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise RuntimeError("transient")
+        return pd.DataFrame({"y": [config["x"]]})
+
+    res = run_grid([{"x": 5}], flaky, tmp_path / "a", progress=False, retries=1)
+    assert res.failures == [] and res.table["y"].tolist() == [5] and state["n"] == 2
+    with pytest.raises(TypeError, match="run_fn must return a pandas DataFrame"):
+        run_grid([{"x": 1}], lambda c: [1], tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="local executor takes no options"):
+        run_grid([{"x": 1}], square, tmp_path / "c", progress=False, address="auto")
