@@ -1,0 +1,249 @@
+"""Late-interaction scoring benchmark (``make bench``): our poolings vs the matmul floor, einsum+amax, maxsim-cpu.
+
+Sections, all float32 on identical inputs within one run:
+  corpus  one query and a batch of 64 queries against (T, N, M, d) corpora; median and min over >= 7 timed runs
+          after a warm-up, with ratios to maxsim-cpu and to the bare matmul (lower = faster)
+  memory  peak extra RSS of ``score_matrix`` with and without ``chunk_size`` (a fresh subprocess per row)
+  train   steps/s of one synthetic InfoNCE training step (B=64, T=16, d=16), forward plus backward
+  cuda    the corpus section on the GPU in float32 and bf16 (only when CUDA is available)
+Tables are printed and written to build/bench/*.csv. ``--quick`` is a smoke run (< 30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from spikehijack import io
+from spikehijack.scoring import auto_chunk_size, score_matrix
+
+CORPORA = [(32, 1000, 512, 128), (16, 2000, 256, 128), (32, 200, 1024, 128)]  # (T, N, M, d)
+POOLINGS = ["maxsim", "topk:4", "softmax:0.1"]
+OUT = io.REPO_ROOT / "build" / "bench"
+
+
+def timed(fn: Callable[[], object], runs: int, sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """(median, min) wall seconds of ``fn`` over ``runs`` calls after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), float(min(times))
+
+
+def unit_vectors(shape: tuple[int, ...], seed: int, device: str = "cpu") -> torch.Tensor:
+    """Random l2-normalised float32 vectors (maxsim-cpu expects unit vectors), built in place."""
+    x = torch.empty(shape).normal_(generator=torch.Generator().manual_seed(seed))
+    return x.div_(x.norm(dim=-1, keepdim=True)).to(device)
+
+
+def bare_matmul(Q: torch.Tensor, D: torch.Tensor) -> None:
+    """The floor: the same similarity GEMMs as score_matrix (same cache-sized blocks, same buffer), no pooling."""
+    Nq, T, d = Q.shape
+    N, M, _ = D.shape
+    q = Q.reshape(Nq * T, d)
+    n = auto_chunk_size(N, M, Nq * T, Q.device)
+    buf = torch.empty(n, Nq * T, M, dtype=Q.dtype, device=Q.device)
+    for s in range(0, N, n):
+        Dc = D[s : s + n]
+        torch.bmm(q.expand(Dc.shape[0], -1, -1), Dc.transpose(1, 2), out=buf[: Dc.shape[0]])
+
+
+def einsum_amax(Q: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """What most codebases write: materialise S [T, N, M] per query, amax over patches, sum over tokens."""
+    return torch.stack([torch.einsum("td,nmd->tnm", q, D).amax(-1).sum(0) for q in Q])
+
+
+def peer_scores(peer: Callable, Q: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """maxsim-cpu scores one query per call: Q [Nq, T, d], D [N, M, d] -> [Nq, N]."""
+    return np.stack([peer(q, D) for q in Q])
+
+
+def corpus_rows(corpora, batches, runs: int, device: str = "cpu", dtype=torch.float32) -> list[dict]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    peer = None
+    if device == "cpu":
+        import maxsim_cpu  # bench extra: pip install -e .[bench]
+
+        peer = maxsim_cpu.maxsim_scores
+    rows = []
+    for T, N, M, d in corpora:
+        D = unit_vectors((N, M, d), seed=1, device=device).to(dtype)
+        for Nq in batches:
+            Q = unit_vectors((Nq, T, d), seed=2, device=device).to(dtype)
+            contenders: dict[str, Callable[[], object]] = {
+                f"ours {spec}": partial(score_matrix, Q, D, spec) for spec in POOLINGS
+            }
+            contenders["bare matmul"] = partial(bare_matmul, Q, D)
+            contenders["einsum+amax"] = partial(einsum_amax, Q, D)
+            if peer is not None:
+                contenders["maxsim-cpu"] = partial(peer_scores, peer, Q.numpy(), D.numpy())
+                gap = float((score_matrix(Q, D, "maxsim") - torch.from_numpy(contenders["maxsim-cpu"]())).abs().max())
+                assert gap <= 1e-4, f"our MaxSim differs from maxsim-cpu by {gap:.2e} at {(T, N, M, d, Nq)}"
+            for name, fn in contenders.items():
+                with torch.no_grad():
+                    med, best = timed(fn, runs, sync)
+                rows.append(dict(device=device, dtype=str(dtype).removeprefix("torch."), T=T, N=N, M=M, d=d,
+                                 Nq=Nq, contender=name, median_ms=1e3 * med, min_ms=1e3 * best,
+                                 load_1min=os.getloadavg()[0]))  # > threads: other processes contend
+                print(f"  {device} T={T} N={N} M={M} Nq={Nq} {name}: {1e3 * med:.1f} ms", flush=True)
+    df = pd.DataFrame(rows)
+    key = ["device", "dtype", "T", "N", "M", "d", "Nq"]
+    for ref, col in (("maxsim-cpu", "x_maxsim_cpu"), ("bare matmul", "x_matmul")):
+        base = df[df.contender == ref].set_index(key).median_ms
+        if len(base):
+            df[col] = df.median_ms / df.set_index(key).index.map(base).to_numpy()
+    return df
+
+
+def memory_probe(N: int, M: int, d: int, T: int, Nq: int, chunk: int | None) -> dict:
+    """Run in a fresh process: peak RSS added by one score_matrix call, in MiB (D is allocated before)."""
+    g = torch.Generator().manual_seed(0)
+    D = torch.empty(N, M, d).normal_(generator=g)  # no temporaries: the peak so far is the corpus itself
+    Q = torch.empty(Nq, T, d).normal_(generator=g)
+    score_matrix(Q, D[:2], "maxsim")  # load the kernels first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    score_matrix(Q, D, "maxsim", chunk_size=chunk)
+    seconds = time.perf_counter() - t0
+    extra = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # Linux: KiB
+    n = auto_chunk_size(N, M, Nq * T) if chunk is None else min(chunk, N)
+    return dict(N=N, M=M, d=d, T=T, Nq=Nq, chunk_size="auto" if chunk is None else chunk, docs_per_block=n,
+                block_mib=n * M * Nq * T * 4 / 2**20, corpus_mib=N * M * d * 4 / 2**20, peak_extra_mib=extra,
+                seconds=seconds)
+
+
+def memory_rows(N: int, batch: int, threads: int, quick: bool = False) -> pd.DataFrame:
+    cases = [(N, 1, None), (N, 1, N), (N // 4, 1, None)]  # auto chunk, one block, a quarter of the corpus
+    cases += [] if quick else [(N, 1, 64), (N, batch, None), (N, batch, 16)]
+    rows = []
+    for n_docs, Nq, chunk in cases:
+        cmd = [sys.executable, __file__, "--threads", str(threads), "--memory-probe",
+               json.dumps([n_docs, 256, 128, 32, Nq, chunk])]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return pd.DataFrame(rows)
+
+
+def _encoder() -> tuple[torch.nn.Module, str]:
+    """The synthetic world's encoder (spikehijack.model) or, before it exists, an equivalent 3-layer MLP."""
+    try:
+        from spikehijack.model import Encoder
+
+        return Encoder(in_dim=16, hidden=64, out_dim=16, seed=0), "spikehijack.model.Encoder"
+    except ImportError:
+        torch.manual_seed(0)
+        mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+                                  torch.nn.ReLU(), torch.nn.Linear(64, 16))
+        return torch.nn.Sequential(mlp, _Normalize()), "stand-in MLP"
+
+
+class _Normalize(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, dim=-1)
+
+
+def train_step(enc: torch.nn.Module, opt: torch.optim.Optimizer, xq: torch.Tensor, xd: torch.Tensor,
+               spec: str) -> None:
+    """In-batch InfoNCE (positives on the diagonal, temperature 0.05): forward, backward, Adam step."""
+    Z = score_matrix(enc(xq), enc(xd), spec)
+    loss = torch.nn.functional.cross_entropy(Z / 0.05, torch.arange(Z.shape[0]))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def train_rows(lengths, runs: int, B: int = 64, T: int = 16, d: int = 16) -> pd.DataFrame:
+    rows = []
+    for M in lengths:
+        for spec in POOLINGS:
+            enc, which = _encoder()
+            opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+            g = torch.Generator().manual_seed(M)
+            xq, xd = torch.randn(B, T, d, generator=g), torch.randn(B, M, d, generator=g)
+
+            step = partial(train_step, enc, opt, xq, xd, spec)
+            med, best = timed(step, runs)
+            rows.append(dict(B=B, T=T, M=M, d=d, pooling=spec, encoder=which, median_ms=1e3 * med,
+                             min_ms=1e3 * best, steps_per_s=1 / med))
+    return pd.DataFrame(rows)
+
+
+def targets(df: pd.DataFrame) -> pd.DataFrame:
+    """The issue's CPU targets, one row per corpus shape and batch."""
+    rows = []
+    for key, g in df[df.device == "cpu"].groupby(["T", "N", "M", "d", "Nq"]):
+        t = g.set_index("contender").median_ms
+        row = dict(zip(["T", "N", "M", "d", "Nq"], key, strict=True))
+        row["maxsim_speedup_vs_maxsim_cpu"] = t["maxsim-cpu"] / t["ours maxsim"]
+        row["topk_over_maxsim"] = t["ours topk:4"] / t["ours maxsim"]
+        row["softmax_over_maxsim"] = t["ours softmax:0.1"] / t["ours maxsim"]
+        row["met"] = bool(row["maxsim_speedup_vs_maxsim_cpu"] >= 1.0 and row["topk_over_maxsim"] <= 1.5
+                          and row["softmax_over_maxsim"] <= 1.5)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show(title: str, df: pd.DataFrame, path) -> None:
+    io.write_csv(df, path)
+    print(f"\n== {title} ({path})")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny corpora, 3 runs (< 30 s)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=None, help="timed runs per contender (default 7; quick 3)")
+    ap.add_argument("--sections", default="corpus,memory,train,cuda")
+    ap.add_argument("--batches", default=None, help="query batch sizes, comma-separated (default 1,64; quick 1,8)")
+    ap.add_argument("--out", default=str(OUT), help="folder for the CSV tables (default build/bench)")
+    ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))  # maxsim-cpu's thread pool, read on import
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(*json.loads(args.memory_probe))))
+        return 0
+    runs = args.runs or (3 if args.quick else 7)
+    out = Path(args.out)
+    sections = set(args.sections.split(","))
+    corpora = [(T, N // 20, M, d) for T, N, M, d in CORPORA] if args.quick else CORPORA
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 8] if args.quick else [1, 64]
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, {runs} timed runs after a warm-up, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (above {args.threads}: timings contended)")
+    if "corpus" in sections:
+        df = corpus_rows(corpora, batches, runs)
+        show("corpus: time per call (x_* = time ratio, < 1 is faster)", df, out / "scoring.csv")
+        show("targets: MaxSim >= 1.0x maxsim-cpu throughput; Top-k, softmax <= 1.5x our MaxSim time",
+             targets(df), out / "targets.csv")
+    if "memory" in sections:
+        show("memory: peak extra RSS of score_matrix (maxsim), 256 patches x 128 dims, T = 32",
+             memory_rows(1_000 if args.quick else 20_000, batches[-1], args.threads, args.quick), out / "memory.csv")
+    if "train" in sections:
+        show("train: one InfoNCE step, forward + backward + Adam (B = 64, T = 16, d = 16)",
+             train_rows([32, 128] if args.quick else [32, 64, 128, 256], runs), out / "train.csv")
+    if "cuda" in sections and torch.cuda.is_available():
+        df = pd.concat([corpus_rows(corpora, batches, runs, "cuda", dt) for dt in (torch.float32, torch.bfloat16)])
+        show("cuda: time per call", df, out / "cuda.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
