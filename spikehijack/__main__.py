@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Modules that define add_cli(subparsers); imported lazily so `--help` stays fast.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["train", "real", "colqwen"]
 
 
 def build_parser() -> argparse.ArgumentParser:
