@@ -58,9 +58,10 @@ test: venv lint
 bench: venv
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_sweeps.py
 
 html: venv
-	$(PY) scripts/build_html.py --out build/html $(NOTEBOOKS)
+	$(PY) scripts/build_html.py --out build/html --first 06_reproduction_report $(NOTEBOOKS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis results/.tmp

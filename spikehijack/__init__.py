@@ -4,6 +4,7 @@ Core API: ``pool`` / ``parse_pooling`` (spikehijack.pooling), ``score_matrix`` /
 (spikehijack.scoring), ``gini`` / ``patch_gradient_norms`` / ``recall_at_k`` (spikehijack.metrics).
 """
 
+from . import robust  # noqa: F401  (registers the poolings beyond the paper)
 from .device import resolve_device, set_determinism
 from .metrics import gini, mrr, ndcg_at_k, patch_gradient_norms, recall_at_k
 from .pooling import Pooling, available_poolings, parse_pooling, pool, register

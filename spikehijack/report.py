@@ -1,0 +1,247 @@
+"""The reproduction report: every claims table of the book in one place, and the README's results table.
+
+Each chapter writes ``claims_NN.csv`` (rows from ``stats.claim_row``: claim, quantity, paper, ours, ci_low,
+ci_high, verdict, where) into ``io.results_dir(profile)``. This module reads them, ties each row to a claim
+of PAPER.md section 5 (or to a finding of notebook 05) and renders the tables that notebook 06 shows and that
+``scripts/update_readme_results.py`` writes into README.md between the markers below.
+
+The README is generated from the *tracked* copies under ``reports/quick/`` (``sync_tables`` copies them
+from ``results/quick/``), so a fresh clone can check README against tables before any notebook runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .io import REPO_ROOT, results_dir, write_csv
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+CLAIM_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]
+VERDICTS = ["reproduced", "partly reproduced", "not reproduced", "refuted"]
+VERDICT_MARK = {"reproduced": "✅", "partly reproduced": "🟡", "not reproduced": "❌", "refuted": "⛔"}
+
+#: PAPER.md section 5, the eight claims the reproduction tests.
+PAPER_CLAIMS: dict[int, str] = {
+    1: "Gini ordering MaxSim > Top-k > Softmax, in synthetic training and on a real model",
+    2: "The ordering appears early in training and stays stable",
+    3: "MaxSim and Top-4 reach similar Recall@1; Softmax (tau = 1) is clearly worse",
+    4: "Recall falls with M for every pooling; MaxSim falls fastest; Top-4 beats MaxSim at large M",
+    5: "Token-targeted spike injection collapses MaxSim and Top-k recall; Softmax keeps far more",
+    6: "Larger k does not restore robustness under spike injection",
+    7: "Gaussian-patch injection of the same size barely hurts",
+    8: "Most token-wise argmax selections move to injected spikes",
+}
+
+# Fallback keywords when a claim's text does not start with its number (checked in this order).
+_KEYWORDS: list[tuple[int, tuple[str, ...]]] = [
+    (6, ("larger k",)),
+    (7, ("gaussian",)),
+    (8, ("argmax", "hijack")),
+    (2, ("early", "stable")),
+    (5, ("injection", "inject")),
+    (4, ("length", "large m", "with m", "vs m", "vs. m")),
+    (1, ("gini",)),
+    (3, ("recall@1", "similar recall", "clean recall")),
+]
+_NUMBER = re.compile(r"^\s*(?:claim\s*|c)?([1-8])(?![0-9])", re.IGNORECASE)
+
+
+def claim_number(text: str, notebook: str | None = None) -> str:
+    """The report key of a claims row: "1".."8" (PAPER.md section 5), "B" (a notebook-05 finding) or "other".
+
+    A leading number ("3", "3.", "C3", "claim 3: ...") wins; otherwise keywords decide. Rows of notebook 05
+    are findings beyond the paper unless they name a paper claim by number.
+    """
+    text = str(text)
+    m = _NUMBER.match(text)
+    if m:
+        return m.group(1)
+    if notebook == "05":
+        return "B"
+    low = text.lower()
+    for number, words in _KEYWORDS:
+        if any(w in low for w in words):
+            return str(number)
+    return "other"
+
+
+def _key_order(key: str) -> tuple[int, str]:
+    return (int(key), "") if key.isdigit() else ((9, "") if key == "B" else (10, key))
+
+
+def claims_files(tables_dir: str | os.PathLike) -> list[Path]:
+    """The ``claims_NN.csv`` files of a folder, in notebook order (empty when the folder does not exist)."""
+    d = Path(tables_dir)
+    return sorted(d.glob("claims_[0-9][0-9].csv")) if d.is_dir() else []
+
+
+def load_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every claims table of a folder, stacked, with ``notebook`` ("02") and ``key`` (see ``claim_number``).
+
+    Raises ValueError naming the file when a table lacks a column of ``stats.claim_row``.
+    """
+    frames = []
+    for path in claims_files(tables_dir):
+        df = pd.read_csv(path, dtype={"paper": str, "where": str, "claim": str, "quantity": str})
+        missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
+        if missing:
+            raise ValueError(f"{path.name}: missing column(s) {missing}; expected {CLAIM_COLUMNS}")
+        nb = path.stem.split("_")[1]
+        df = df[CLAIM_COLUMNS].assign(notebook=nb)
+        df["key"] = [claim_number(c, nb) for c in df["claim"]]
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=CLAIM_COLUMNS + ["notebook", "key"])
+    out = pd.concat(frames, ignore_index=True)
+    out["_order"] = [_key_order(k) for k in out["key"]]
+    out = out.sort_values(["_order", "notebook"], kind="stable").drop(columns="_order")
+    return out.reset_index(drop=True)
+
+
+def format_estimate(ours: float, low: float, high: float, digits: int = 3) -> str:
+    """"0.783 [0.771, 0.795]"; a zero-width interval (n = 1) prints the number alone; NaN prints "n/a"."""
+    if pd.isna(ours):
+        return "n/a"
+    if pd.isna(low) or pd.isna(high) or (low == ours == high):
+        return f"{ours:.{digits}f}"
+    return f"{ours:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def report_table(claims: pd.DataFrame) -> pd.DataFrame:
+    """Display rows: #, claim (paper wording for 1-8), quantity, paper, ours (95% CI), verdict, where."""
+    rows = []
+    for r in claims.itertuples(index=False):
+        where = str(r.where) if isinstance(r.where, str) and r.where else f"notebook {r.notebook}"
+        if f"{r.notebook}" not in where:
+            where = f"{where} (nb {r.notebook})"
+        rows.append({
+            "#": r.key if r.key != "other" else "–",
+            "claim": PAPER_CLAIMS.get(int(r.key), r.claim) if r.key.isdigit() else r.claim,
+            "quantity": r.quantity,
+            "paper": "" if pd.isna(r.paper) else str(r.paper),
+            "ours (95% CI)": format_estimate(r.ours, r.ci_low, r.ci_high),
+            "verdict": f"{VERDICT_MARK.get(r.verdict, '')} {r.verdict}".strip(),
+            "where": where,
+        })
+    return pd.DataFrame(rows, columns=["#", "claim", "quantity", "paper", "ours (95% CI)", "verdict", "where"])
+
+
+def verdict_summary(claims: pd.DataFrame) -> pd.DataFrame:
+    """Rows per verdict for the paper's claims (keys 1-8) and for the findings beyond it."""
+    part = claims.assign(part=["paper claims" if k.isdigit() else "beyond the paper" for k in claims["key"]])
+    tab = pd.crosstab(part["part"], part["verdict"]).reindex(columns=VERDICTS, fill_value=0)
+    return tab.reindex([p for p in ("paper claims", "beyond the paper") if p in tab.index])
+
+
+def coverage(claims: pd.DataFrame) -> pd.DataFrame:
+    """For each claim 1-8: how many rows test it and the verdicts they reached (empty string: untested yet)."""
+    rows = []
+    for n, text in PAPER_CLAIMS.items():
+        sub = claims[claims["key"] == str(n)]
+        rows.append({"#": n, "claim": text, "rows": len(sub), "verdicts": ", ".join(sorted(set(sub["verdict"])))})
+    return pd.DataFrame(rows)
+
+
+def _cell(x: object) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (no pandas/tabulate dependency, deterministic)."""
+    head = "| " + " | ".join(_cell(c) for c in df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *body])
+
+
+def readme_block(tables_dir: str | os.PathLike | None = None) -> str:
+    """The text between the README markers, generated from the tracked quick-profile claims tables."""
+    tables_dir = Path(tables_dir) if tables_dir is not None else REPO_ROOT / "reports" / "quick"
+    claims = load_claims(tables_dir)
+    lines = [
+        "<!-- generated by scripts/update_readme_results.py from reports/quick/claims_*.csv: do not edit -->",
+        "",
+    ]
+    if claims.empty:
+        lines.append("_No results yet: run `make reproduce`, then `python scripts/update_readme_results.py --sync`._")
+        return "\n".join(lines)
+    lines.append(
+        "Quick profile (`make reproduce`, CPU). Paper: the number the paper reports; ours: mean with its 95 % "
+        "confidence interval; the full report with figures is "
+        "[notebooks/06_reproduction_report.ipynb](notebooks/06_reproduction_report.ipynb)."
+    )
+    lines.append("")
+    table = report_table(claims)
+    repeat = table["claim"].eq(table["claim"].shift()) & table["#"].eq(table["#"].shift())
+    table.loc[repeat, "claim"] = "〃"  # the claim of the row above, written once per group
+    lines.append(markdown_table(table))
+    return "\n".join(lines)
+
+
+def extract_block(text: str) -> str:
+    """The text between the README markers (stripped); ValueError when the markers are missing or misordered."""
+    i, j = text.find(START), text.find(END)
+    if i < 0 or j < 0 or j < i:
+        raise ValueError(f"README must contain {START} followed by {END}")
+    return text[i + len(START) : j].strip()
+
+
+def update_readme(readme: str | os.PathLike | None = None, tables_dir: str | os.PathLike | None = None) -> bool:
+    """Rewrite the README block from the tables; return True when the file changed."""
+    readme = Path(readme) if readme is not None else REPO_ROOT / "README.md"
+    text = readme.read_text()
+    extract_block(text)  # validates the markers
+    i, j = text.find(START), text.find(END)
+    new = text[: i + len(START)] + "\n" + readme_block(tables_dir) + "\n" + text[j:]
+    if new == text:
+        return False
+    readme.write_text(new)
+    return True
+
+
+def sync_tables(src: str | os.PathLike | None = None, dst: str | os.PathLike | None = None) -> list[Path]:
+    """Copy ``claims_*.csv`` from ``results/quick/`` (src) into the tracked ``reports/quick/`` (dst).
+
+    Tables of dst without a counterpart in src are kept (a chapter not rerun keeps its last table).
+    """
+    src = Path(src) if src is not None else results_dir("quick")
+    dst = Path(dst) if dst is not None else REPO_ROOT / "reports" / "quick"
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in claims_files(src):
+        df = pd.read_csv(path)
+        write_csv(df, dst / path.name)
+        out.append(dst / path.name)
+    return out
+
+
+def compare_tables(a: str | os.PathLike, b: str | os.PathLike, atol: float = 5e-3, common: bool = False) -> list[str]:
+    """Differences between the claims tables of two folders (same files, rows, verdicts; numbers within atol).
+
+    With ``common`` only tables present in both folders are compared.
+    """
+    problems = []
+    fa, fb = {p.name: p for p in claims_files(a)}, {p.name: p for p in claims_files(b)}
+    names = set(fa) & set(fb) if common else set(fa) | set(fb)
+    for name in sorted(names):
+        if name not in fa or name not in fb:
+            problems.append(f"{name}: only in {'first' if name in fa else 'second'} folder")
+            continue
+        x, y = pd.read_csv(fa[name]), pd.read_csv(fb[name])
+        if len(x) != len(y):
+            problems.append(f"{name}: {len(x)} rows vs {len(y)} rows")
+            continue
+        for col in ("claim", "quantity", "verdict"):
+            diff = (x[col].astype(str) != y[col].astype(str)).to_numpy().nonzero()[0]
+            if len(diff):
+                problems.append(f"{name}: column {col!r} differs in row(s) {diff.tolist()}")
+        for col in ("ours", "ci_low", "ci_high"):
+            d = (x[col] - y[col]).abs()
+            bad = (d > atol) | (x[col].isna() != y[col].isna())
+            if bool(bad.any()):
+                problems.append(f"{name}: {col} differs by up to {float(d.max()):.4f} (atol {atol})")
+    return problems

@@ -1,0 +1,145 @@
+"""The reproduction report (spikehijack.report) and the README results table generated from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from spikehijack.io import REPO_ROOT, write_csv
+from spikehijack.report import (
+    END,
+    START,
+    claim_number,
+    claims_files,
+    compare_tables,
+    coverage,
+    extract_block,
+    format_estimate,
+    load_claims,
+    markdown_table,
+    readme_block,
+    report_table,
+    sync_tables,
+    update_readme,
+    verdict_summary,
+)
+from spikehijack.stats import claim_row
+
+TRACKED = REPO_ROOT / "reports" / "quick"
+RESULTS = REPO_ROOT / "results" / "quick"
+
+
+def _write_tables(folder: Path) -> None:
+    write_csv(pd.DataFrame([
+        claim_row("1. Gini ordering", "Gini MaxSim", "~0.78", 0.77, 0.76, 0.78, "reproduced", "nb 02, Fig. 2"),
+        claim_row("Top-4 beats MaxSim at large M", "R@1 gap at M=256", "> 0", -0.01, -0.03, 0.01,
+                  "not reproduced", "notebook 02, Figure 4"),
+    ]), folder / "claims_02.csv")
+    write_csv(pd.DataFrame([
+        claim_row("Gaussian injection barely hurts", "retained R@1", "97 %", 0.95, 0.95, 0.95, "reproduced", ""),
+        claim_row("C8 argmax moves to spikes", "share", "83 %", 0.8, 0.7, 0.9, "partly reproduced", "Fig 3"),
+    ]), folder / "claims_04.csv")
+    write_csv(pd.DataFrame([
+        claim_row("Capacity pooling beats MaxSim | frontier", "retained R@1", "n/a (new)", 0.4, 0.3, 0.5,
+                  "refuted", "notebook 05, Figure 6"),
+    ]), folder / "claims_05.csv")
+
+
+def test_claim_number_reads_numbers_then_keywords():
+    assert claim_number("3. MaxSim and Top-4 reach similar Recall@1") == "3"
+    assert claim_number("C5: collapse") == "5"
+    assert claim_number("claim 7 gaussian") == "7"
+    assert claim_number("Larger k does not restore robustness") == "6"
+    assert claim_number("Gaussian control") == "7"
+    assert claim_number("Spike hijack rate ~0.7") == "8"
+    assert claim_number("Gini ordering in training") == "1"
+    assert claim_number("Retraining with softmax buys robustness", notebook="05") == "B"
+    assert claim_number("something else entirely") == "other"
+    assert claim_number("12 apples") == "other"
+
+
+def test_load_and_render(tmp_path):
+    _write_tables(tmp_path)
+    claims = load_claims(tmp_path)
+    assert list(claims["key"]) == ["1", "4", "7", "8", "B"]
+    assert list(claims["notebook"]) == ["02", "02", "04", "04", "05"]
+    table = report_table(claims)
+    assert table.loc[0, "ours (95% CI)"] == "0.770 [0.760, 0.780]"
+    assert table.loc[2, "ours (95% CI)"] == "0.950"  # zero-width interval (n = 1)
+    assert table.loc[2, "where"] == "notebook 04"
+    assert table.loc[3, "where"] == "Fig 3 (nb 04)"
+    assert table.loc[1, "claim"].startswith("Recall falls with M")  # the paper's wording for claim 4
+    md = markdown_table(table)
+    assert md.count("\n") == len(table) + 1 and "beats MaxSim \\| frontier" in md
+    summary = verdict_summary(claims)
+    assert summary.loc["paper claims"].sum() == 4 and summary.loc["beyond the paper", "refuted"] == 1
+    cov = coverage(claims)
+    assert cov.set_index("#").loc[4, "rows"] == 1 and cov.set_index("#").loc[2, "rows"] == 0
+
+
+def test_load_claims_rejects_incomplete_tables(tmp_path):
+    pd.DataFrame({"claim": ["x"], "ours": [1.0]}).to_csv(tmp_path / "claims_03.csv", index=False)
+    with pytest.raises(ValueError, match="claims_03.csv"):
+        load_claims(tmp_path)
+    assert load_claims(tmp_path / "missing").empty
+
+
+def test_format_estimate():
+    assert format_estimate(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]"
+    assert format_estimate(float("nan"), 0, 0) == "n/a"
+
+
+def test_update_readme_and_sync(tmp_path):
+    src, dst = tmp_path / "results", tmp_path / "tracked"
+    src.mkdir()
+    _write_tables(src)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{START}\nold\n{END}\n\ntail\n")
+    assert [p.name for p in sync_tables(src, dst)] == ["claims_02.csv", "claims_04.csv", "claims_05.csv"]
+    assert compare_tables(src, dst) == []
+    (dst / "claims_09.csv").write_text((dst / "claims_02.csv").read_text())
+    assert compare_tables(src, dst) == ["claims_09.csv: only in second folder"]
+    assert compare_tables(src, dst, common=True) == []
+    (dst / "claims_09.csv").unlink()
+    assert update_readme(readme, dst) is True
+    assert update_readme(readme, dst) is False  # idempotent
+    text = readme.read_text()
+    assert text.startswith("# x\n") and text.endswith("\n\ntail\n")
+    assert extract_block(text) == readme_block(dst).strip()
+    # a changed number is detected by the table comparison
+    df = pd.read_csv(src / "claims_02.csv")
+    df.loc[0, "ours"] += 0.1
+    df.to_csv(src / "claims_02.csv", index=False)
+    assert any("ours differs" in p for p in compare_tables(src, dst))
+    with pytest.raises(ValueError):
+        extract_block("no markers here")
+
+
+def test_readme_results_table_matches_tracked_tables():
+    """README.md's generated block equals what the tracked reports/quick/ tables give."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert extract_block(readme) == readme_block(TRACKED).strip(), (
+        "README results table is stale: run `python scripts/update_readme_results.py`"
+    )
+
+
+@pytest.mark.skipif(not (claims_files(RESULTS) and claims_files(TRACKED)),
+                    reason="results/quick/ or reports/quick/ has no claims tables (notebooks not run yet)")
+def test_fresh_results_match_tracked_tables():
+    """After `make reproduce`, every fresh table agrees with its tracked copy the README was generated from."""
+    problems = compare_tables(RESULTS, TRACKED, common=True)
+    assert not problems, "run `python scripts/update_readme_results.py --sync`:\n" + "\n".join(problems)
+
+
+def test_script_check_mode_runs(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "update_readme_results.py"), "--readme", str(readme),
+           "--tables", str(tmp_path / "none"), "--results", str(tmp_path / "none")]
+    assert subprocess.run(cmd + ["--check"], capture_output=True).returncode == 1
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert subprocess.run(cmd + ["--check"], capture_output=True).returncode == 0
