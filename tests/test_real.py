@@ -1,0 +1,183 @@
+"""The real-benchmark protocol on fixtures and small random tasks (no model load: a hashing phrase encoder)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikehijack import hpo, inject, real
+from spikehijack.metrics import gini
+from spikehijack.scoring import pad, score_matrix
+
+FIX = Path(__file__).parent / "fixtures" / "hpo"
+
+
+class HashPhrases:
+    """A deterministic stand-in for MiniLMPhrases: each phrase -> a fixed random unit vector."""
+
+    name, dim = "hash", 16
+
+    def _vec(self, text: str) -> torch.Tensor:
+        seed = int(hashlib.md5(text.encode()).hexdigest()[:8], 16)
+        return F.normalize(torch.randn(self.dim, generator=torch.Generator().manual_seed(seed)), dim=0)
+
+    def encode_queries(self, items):
+        return [torch.stack([self._vec(p) for p in item]) for item in items]
+
+    encode_documents = encode_queries
+
+
+@pytest.fixture(scope="module")
+def H() -> hpo.HPO:
+    return hpo.load_hpo(FIX)
+
+
+def random_task(nq=5, nd=12, d=8, seed=0) -> real.RealTask:
+    g = torch.Generator().manual_seed(seed)
+    qs = [F.normalize(torch.randn(int(t), d, generator=g), dim=-1) for t in torch.randint(2, 5, (nq,), generator=g)]
+    ds = [F.normalize(torch.randn(int(m), d, generator=g), dim=-1) for m in torch.randint(1, 9, (nd,), generator=g)]
+    gold = torch.randperm(nd, generator=g)[:nq]
+    return real.RealTask("rand", qs, ds, gold, [f"q{i}" for i in range(nq)], [f"d{j}" for j in range(nd)])
+
+
+def test_build_hpo_dx_gold_retrievable(H):
+    task = real.build_hpo_dx(H, HashPhrases(), n_queries=2, n_distractors=None, n_gold=2, n_noise=1, seed=0)
+    assert sorted(task.query_ids) == ["OMIM:100001", "ORPHA:2"]
+    assert sorted(task.doc_ids) == ["DECIPHER:3", "OMIM:100001", "ORPHA:2"]
+    for qid, g, q, qt in zip(task.query_ids, task.gold, task.queries, task.query_text, strict=True):
+        assert task.doc_ids[int(g)] == qid  # the gold disease is in the corpus at its index
+        assert q.shape == (3, 16) and len(qt) == 3
+    for did, doc in zip(task.doc_ids, task.documents, strict=True):
+        assert doc.shape[0] == len(H.diseases[did].phenotypes)
+    again = real.build_hpo_dx(H, HashPhrases(), n_queries=2, n_distractors=None, n_gold=2, n_noise=1, seed=0)
+    assert again.query_text == task.query_text
+    with pytest.raises(ValueError, match="n_queries"):
+        real.build_hpo_dx(H, HashPhrases(), n_queries=5)
+
+
+def test_train_diseases_disjoint(H):
+    task = real.build_hpo_dx(H, HashPhrases(), n_queries=1, n_distractors=0, n_noise=1, seed=1)
+    tr = real.train_diseases(H, task, None)
+    assert tr and not set(tr) & set(task.doc_ids)
+
+
+def test_build_syn2def(H):
+    task = real.build_syn2def(H, HashPhrases(), n_queries=3, n_distractors=2, seed=0)
+    assert len(task.documents) == 5
+    for t, g, qt in zip(task.query_ids, task.gold, task.query_text, strict=True):
+        assert task.doc_ids[int(g)] == t and qt[0].lower() != H.terms[t].name.lower()
+
+
+def test_score_ragged_matches_score_matrix():
+    task = random_task()
+    Q, qm = pad(task.queries)
+    D, dm = pad(task.documents)
+    specs = ["maxsim", "topk:4", "softmax:0.1"]
+    many = real.score_ragged_many(task.queries, task.documents, specs, docs_per_chunk=5)
+    for s in specs:
+        torch.testing.assert_close(many[s], score_matrix(Q, D, s, qm, dm))
+
+
+def test_evaluate_and_per_query():
+    task = random_task()
+    ev = real.evaluate(task, ["maxsim", "topk:2"])
+    assert set(ev.metric) == {"recall@1", "recall@5", "recall@10", "mrr", "ndcg@5"}
+    pq = real.per_query(task, ["maxsim"])
+    assert len(pq) == 5 and set(pq.gold_len) <= set(task.doc_lengths.tolist())
+    mrr = ev[(ev.spec == "maxsim") & (ev.metric == "mrr")].value.item()
+    assert mrr == pytest.approx(pq.rr.mean())
+
+
+def test_pick_tau():
+    sw = real.sweep_tau(random_task(), [0.05, 0.5])
+    assert real.pick_tau(sw) in (0.05, 0.5)
+
+
+@pytest.mark.parametrize("spec", ["maxsim", "topk:3", "softmax:0.2"])
+def test_injection_only_touches_non_gold(spec):
+    task = random_task(seed=2)
+    inj = inject.spike_patches(pad(task.queries)[0], 6, spike_size=2, q_mask=pad(task.queries)[1],
+                               generator=torch.Generator().manual_seed(0))
+    clean = real.score_ragged(task.queries, task.documents, spec)
+    after = real.injection_scores(task, spec, inj, docs_per_chunk=4)
+    rows = torch.arange(len(task.gold))
+    torch.testing.assert_close(after[rows, task.gold], clean[rows, task.gold], rtol=0, atol=1e-6)
+    # non-gold entries equal an explicit per-query corpus with the patches appended
+    D, dm = pad(task.documents)
+    for a in range(len(task.queries)):
+        targets = torch.ones(len(task.documents), dtype=torch.bool)
+        targets[task.gold[a]] = False
+        D2, m2 = inject.inject_corpus(D, dm, inj[a], targets)
+        ref = score_matrix(task.queries[a][None], D2, spec, None, m2)[0]
+        torch.testing.assert_close(after[a], ref, rtol=1e-5, atol=1e-5)
+    if spec == "maxsim":  # spikes can only raise MaxSim scores of non-gold documents
+        assert bool((after >= clean - 1e-6).all())
+
+
+def test_injection_experiment_shapes_and_k0():
+    task = random_task(seed=3)
+    df = real.injection_experiment(task, ["maxsim", "softmax:0.1"], Ks=(0, 3), spike_size=2)
+    assert len(df) == 2 * 2 * 2 * 5
+    k0 = df[df.K == 0]
+    assert (k0.hijack == 0).all() and (k0.argmax_shift == 0).all()
+    assert df.hijack.between(0, 1).all() and df.argmax_shift.between(0, 1).all()
+    r = real.retained(df)
+    assert np.allclose(r[r.K == 0].retained.dropna(), 1.0)
+
+
+def test_spike_copies_hijack_maxsim():
+    """spike_size=1 spikes are copies of query tokens: every token's arg-max moves to an injected patch."""
+    task = random_task(seed=4)
+    df = real.injection_experiment(task, ["maxsim"], Ks=(0, 20), kinds=("spike",), spike_size=1)
+    top = df[df.K == 20]
+    assert top.hijack.min() == pytest.approx(1.0) and top.hit.sum() == 0
+
+
+def test_neutral_pool_and_pad_task(H):
+    task = real.build_hpo_dx(H, HashPhrases(), n_queries=1, n_distractors=None, n_gold=1, n_noise=0, seed=0)
+    pool = real.neutral_pool(task)
+    banned = {p for j in task.gold.tolist() for p in task.doc_text[j]} | set(task.query_text[0])
+    enc = HashPhrases()
+    allowed = torch.stack([enc._vec(p) for j, t in enumerate(task.doc_text) for p in t if p not in banned])
+    for v in pool:
+        assert bool(((allowed - v).abs().sum(1) < 1e-6).any())
+    rt = random_task(seed=5)
+    padded = real.pad_task(rt, 3, torch.cat(rt.documents), seed=0, docs_per_chunk=4)
+    for a, b in zip(rt.documents, padded.documents, strict=True):
+        assert len(b) == 3 * len(a)
+        torch.testing.assert_close(b[: len(a)], a)
+    assert real.pad_task(rt, 1, torch.cat(rt.documents)) is rt
+
+
+def test_gold_pair_gini_bound():
+    task = random_task(nq=6, nd=10, seed=6)
+    df = real.gold_pair_gini(task, ["maxsim", "softmax:1"], losses=("pair",))
+    mx = df[df.spec == "maxsim"]
+    assert (mx.gini >= mx.bound - 1e-6).all()  # MaxSim's gradient reaches at most T of the M patches
+    sm = df[df.spec == "softmax:1"]
+    assert sm.gini.mean() < mx.gini.mean()
+    Q, qm = pad(task.queries)
+    assert float(gini(torch.ones(4))) == 0.0 and len(df) == 12 and Q.shape[0] == 6
+
+
+def test_train_head_tiny(H):
+    tr = sorted(H.diseases)
+    head, hist = real.train_head(H, HashPhrases(), tr, out_dim=4, steps=5, batch_size=2, n_views=2, n_noise=1, seed=0)
+    assert len(hist) == 5 and np.isfinite(hist.loss).all()
+    y = head(torch.randn(3, 16))
+    assert y.shape == (3, 4)
+    torch.testing.assert_close(y.norm(dim=-1), torch.ones(3))
+    task = random_task(d=16)
+    proj = task.project(head)
+    assert proj.queries[0].shape[-1] == 4 and task.queries[0].shape[-1] == 16
+
+
+def test_length_bins():
+    assert real.length_bins(np.array([1, 8, 15, 64, 200])) == ["1-7", "8-15", "8-15", ">=64", ">=64"]
+    with pytest.raises(ValueError, match="outside"):
+        real.length_bins(np.array([0]))
