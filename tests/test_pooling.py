@@ -8,33 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pooling_cases import autograd_jacobian, make_mask, make_S, seeds, shapes
 
 from spikehijack.pooling import available_poolings, jacobian, parse_pooling, pool, selection
 
 SPECS = ["maxsim", "topk:1", "topk:3", "topk:50", "softmax:0.05", "softmax:1", "softmax:20", "mean"]
-
-shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 8))  # (B, T, M)
-seeds = st.integers(0, 2**31 - 1)
-
-
-def make_S(B: int, T: int, M: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, M, generator=g, dtype=torch.float64)
-
-
-def make_mask(B: int, M: int, seed: int) -> torch.Tensor:
-    """A random patch mask [B, M] with at least one True per row."""
-    g = torch.Generator().manual_seed(seed + 1)
-    mask = torch.rand(B, M, generator=g) < 0.6
-    mask[torch.arange(B), torch.randint(0, M, (B,), generator=g)] = True
-    return mask
-
-
-def autograd_jacobian(S: torch.Tensor, spec: str, mask: torch.Tensor | None) -> torch.Tensor:
-    S_ = S.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(pool(S_, spec, mask).sum(), S_)
-    return g
-
 
 @settings(max_examples=30)
 @given(shapes, seeds, st.sampled_from(SPECS))

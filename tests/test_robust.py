@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pooling_cases import autograd_jacobian, make_mask, make_S, seeds, shapes
 
 from spikehijack.pooling import available_poolings, jacobian, parse_pooling, pool, selection
 from spikehijack.robust import Capacity, expected_max_normal, expected_max_normal_tensor
@@ -18,28 +19,6 @@ SPECS = [
     "medtopk:5", "capacity:1:0.1:15", "capacity:2:0.05:10", "capacity:0.5:0.2:5",
 ]
 TOKEN_WISE = [s for s in SPECS if not s.startswith("capacity")]
-
-shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 8))  # (B, T, M)
-seeds = st.integers(0, 2**31 - 1)
-
-
-def make_S(B: int, T: int, M: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, T, M, generator=g, dtype=torch.float64)
-
-
-def make_mask(B: int, M: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed + 1)
-    mask = torch.rand(B, M, generator=g) < 0.6
-    mask[torch.arange(B), torch.randint(0, M, (B,), generator=g)] = True
-    return mask
-
-
-def autograd_jacobian(S: torch.Tensor, spec: str, mask: torch.Tensor | None) -> torch.Tensor:
-    S_ = S.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(pool(S_, spec, mask).sum(), S_)
-    return g
-
 
 # --- registry, specs, labels ------------------------------------------------------------------------------
 def test_registered_and_specs_round_trip():

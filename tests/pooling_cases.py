@@ -1,0 +1,32 @@
+"""Shared hypothesis strategies and builders for the pooling property tests (test_pooling, test_robust)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from spikehijack.pooling import pool
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 8))  # (B, T, M)
+seeds = st.integers(0, 2**31 - 1)
+
+
+def make_S(B: int, T: int, M: int, seed: int) -> torch.Tensor:
+    """Random float64 similarities [B, T, M]."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T, M, generator=g, dtype=torch.float64)
+
+
+def make_mask(B: int, M: int, seed: int) -> torch.Tensor:
+    """A random patch mask [B, M] with at least one True per row."""
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(B, M, generator=g) < 0.6
+    mask[torch.arange(B), torch.randint(0, M, (B,), generator=g)] = True
+    return mask
+
+
+def autograd_jacobian(S: torch.Tensor, spec: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """d pool / d S by autograd, the reference for every closed form."""
+    S_ = S.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(pool(S_, spec, mask).sum(), S_)
+    return g
