@@ -30,3 +30,16 @@ def autograd_jacobian(S: torch.Tensor, spec: str, mask: torch.Tensor | None) -> 
     S_ = S.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(pool(S_, spec, mask).sum(), S_)
     return g
+
+
+def assert_masked_values_are_ignored(S: torch.Tensor, mask: torch.Tensor, spec: str, junk: float) -> None:
+    """Filling the masked patches of S [B, T, M] with ``junk`` changes no value, gradient or selection."""
+    from spikehijack.pooling import jacobian, selection
+
+    S2 = S.masked_fill(~mask.unsqueeze(1), junk)
+    torch.testing.assert_close(pool(S2, spec, mask), pool(S, spec, mask), rtol=1e-12, atol=1e-12)
+    J, J2 = autograd_jacobian(S, spec, mask), autograd_jacobian(S2, spec, mask)
+    torch.testing.assert_close(J2, J, rtol=1e-12, atol=1e-12)
+    assert bool((J2.masked_select(~mask.unsqueeze(1).expand_as(J2)) == 0).all())
+    torch.testing.assert_close(jacobian(S2, spec, mask), jacobian(S, spec, mask), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(selection(S2, spec, mask), selection(S, spec, mask), rtol=1e-12, atol=1e-12)
