@@ -5,6 +5,9 @@ Sections, all float32 on identical inputs within one run:
           after a warm-up, with ratios to maxsim-cpu and to the bare matmul (lower = faster)
   memory  peak extra RSS of ``score_matrix`` with and without ``chunk_size`` (a fresh subprocess per row)
   train   steps/s of one synthetic InfoNCE training step (B=64, T=16, d=16), forward plus backward
+  select  Top-k inside one cache-sized block: scoring._top_k (passes of amax) against torch.topk
+  grid    the paper-profile synthetic grid: steps/s and evaluation seconds of one 5-seed stack per pooling
+          and length, and the wall time they add up to (100 epochs x 32 steps, 21 evaluations per run)
   cuda    the corpus section on the GPU in float32 and bf16 (only when CUDA is available)
 Tables are printed and written to build/bench/*.csv. ``--quick`` is a smoke run (< 30 s).
 """
@@ -27,7 +30,7 @@ import pandas as pd
 import torch
 
 from spikehijack import io
-from spikehijack.scoring import auto_chunk_size, score_matrix
+from spikehijack.scoring import AUTO_CHUNK_ELEMENTS, _top_k, auto_chunk_size, score_matrix
 
 CORPORA = [(32, 1000, 512, 128), (16, 2000, 256, 128), (32, 200, 1024, 128)]  # (T, N, M, d)
 POOLINGS = ["maxsim", "topk:4", "softmax:0.1"]
@@ -185,6 +188,76 @@ def train_rows(lengths, runs: int, B: int = 64, T: int = 16, d: int = 16) -> pd.
     return pd.DataFrame(rows)
 
 
+def _fresh_top_k(S: torch.Tensor, work: torch.Tensor, hit: torch.Tensor, k: int) -> torch.Tensor | None:
+    return _top_k(work.copy_(S), k, hit)  # _top_k overwrites its block
+
+
+def _reference_top_k(S: torch.Tensor, k: int) -> torch.Tensor:
+    return S.topk(k, dim=-1, sorted=False).values.mean(-1)
+
+
+def selection_rows(runs: int, lengths=(32, 64, 128, 256), ks=(1, 4, 16), rows: int = 1024) -> pd.DataFrame:
+    """Mean of the top k per row of S [n, rows, M] (a cache-sized block, as score_matrix pools it):
+    ``_top_k`` (including the copy it needs, since it overwrites S) against ``torch.topk``."""
+    out = []
+    for M in lengths:
+        S = torch.randn(max(1, AUTO_CHUNK_ELEMENTS // (rows * M)), rows, M, generator=torch.Generator().manual_seed(M))
+        work, hit = torch.empty_like(S), torch.empty_like(S)
+        for k in (k for k in ks if k <= M):
+            ours, _ = timed(partial(_fresh_top_k, S, work, hit, k), runs)
+            ref, _ = timed(partial(_reference_top_k, S, k), runs)
+            out.append(dict(M=M, k=k, entries=S.numel(), ours_ms=1e3 * ours, topk_ms=1e3 * ref,
+                            speedup=ref / ours, ns_per_entry=1e9 * ours / S.numel()))
+    return pd.DataFrame(out)
+
+
+def steps_per_second(length: int = 64, runs: int = 5, pooling: str = "maxsim", seconds: float = 3.0) -> float:
+    """Measured training steps per second of one stack of ``runs`` runs (B = 64) at ``length``."""
+    from spikehijack.model import StackedEncoder
+    from spikehijack.synthetic import SyntheticConfig, generate
+    from spikehijack.train import stacked_infonce, stacked_scores
+
+    world = generate(SyntheticConfig(length=length, n_train=256, n_eval=64))
+    enc = StackedEncoder(list(range(runs)))
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+    xq = world.train.queries[:64].expand(runs, -1, -1, -1)
+    xd = world.train.positives[:64].expand(runs, -1, -1, -1)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n == 0:
+        loss = stacked_infonce(stacked_scores(enc(xq), enc(xd), pooling))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def grid_rows(lengths=(32, 64, 128, 256), seconds: float = 3.0) -> pd.DataFrame:
+    """One 5-seed stack per pooling and length of the paper-profile synthetic grid: training steps/s and the
+    seconds of one evaluation (512 queries against 1,024 documents), then the grid's wall time from them."""
+    from spikehijack import train
+    from spikehijack.synthetic import generate
+
+    tcfg = train.TrainConfig()
+    epochs, evals = tcfg.epochs, tcfg.epochs // tcfg.eval_every + 1
+    out = []
+    for M in lengths:
+        world = generate(train.calibrated_world().with_(length=M))
+        steps = world.config.n_train // tcfg.batch_size
+        q, docs = world.eval.queries.expand(5, -1, -1, -1), world.eval.corpus()[0].expand(5, -1, -1, -1)
+        gold = world.eval.corpus()[1]
+        for spec in train.POOLINGS_MAIN:
+            sps = steps_per_second(M, 5, spec, seconds)
+            enc = train.StackedEncoder(list(range(5)))
+            ev, _ = timed(partial(train.evaluate_stack, enc, q, docs, gold, [spec] * 5), 1)
+            out.append(dict(M=M, pooling=spec, runs=5, steps_per_s=sps, eval_s=ev,
+                            stack_minutes=(epochs * steps / sps + evals * ev) / 60))
+    df = pd.DataFrame(out)
+    print(f"  paper grid (3 poolings x 4 lengths x 5 seeds): {df.stack_minutes.sum():.0f} min of training and "
+          "evaluation (gradient-Gini instrumentation not included)")
+    return df
+
+
 def targets(df: pd.DataFrame) -> pd.DataFrame:
     """The issue's CPU targets, one row per corpus shape and batch."""
     rows = []
@@ -211,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny corpora, 3 runs (< 30 s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=None, help="timed runs per contender (default 7; quick 3)")
-    ap.add_argument("--sections", default="corpus,memory,train,cuda")
+    ap.add_argument("--sections", default="corpus,memory,train,select,grid,cuda")
     ap.add_argument("--batches", default=None, help="query batch sizes, comma-separated (default 1,64; quick 1,8)")
     ap.add_argument("--out", default=str(OUT), help="folder for the CSV tables (default build/bench)")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -239,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in sections:
         show("train: one InfoNCE step, forward + backward + Adam (B = 64, T = 16, d = 16)",
              train_rows([32, 128] if args.quick else [32, 64, 128, 256], runs), out / "train.csv")
+    if "select" in sections:
+        show("select: mean of the top k per row in one cache-sized block (speedup = topk / ours)",
+             selection_rows(runs, (32, 256) if args.quick else (32, 64, 128, 256)), out / "select.csv")
+    if "grid" in sections:
+        show("grid: one 5-seed stack of the paper-profile synthetic grid (B = 64, 2,048 pairs, 512 queries)",
+             grid_rows((32,) if args.quick else (32, 64, 128, 256), 0.5 if args.quick else 3.0), out / "grid.csv")
     if "cuda" in sections and torch.cuda.is_available():
         df = pd.concat([corpus_rows(corpora, batches, runs, "cuda", dt) for dt in (torch.float32, torch.bfloat16)])
         show("cuda: time per call", df, out / "cuda.csv")

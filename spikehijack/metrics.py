@@ -136,11 +136,23 @@ def gold_rank(scores: Tensor, gold: Tensor) -> Tensor:
     return ranked_relevance(scores, gold).float().argmax(1) + 1
 
 
+def _recall(rr: Tensor, k: int) -> Tensor:
+    return rr[:, :k].sum(1) / rr.sum(1)
+
+
+def _ndcg(rr: Tensor, k: int) -> Tensor:
+    k_eff = min(k, rr.shape[1])
+    disc = 1.0 / torch.log2(torch.arange(2, k_eff + 2, dtype=torch.float32, device=rr.device))
+    dcg = (rr[:, :k_eff] * disc).sum(1)
+    n_rel = rr.sum(1).clamp(max=k_eff).long()
+    idcg = torch.cumsum(disc, 0)[n_rel - 1]
+    return dcg / idcg
+
+
 def recall_at_k(scores: Tensor, gold: Tensor, k: int = 1, reduction: Reduction = "mean") -> Tensor:
     """Share of each query's relevant documents found in the top k (hit rate for one gold)."""
     check_positive_int("k", k)
-    rr = ranked_relevance(scores, gold).float()
-    return _reduce(rr[:, :k].sum(1) / rr.sum(1), reduction)
+    return _reduce(_recall(ranked_relevance(scores, gold).float(), k), reduction)
 
 
 def mrr(scores: Tensor, gold: Tensor, reduction: Reduction = "mean") -> Tensor:
@@ -151,18 +163,13 @@ def mrr(scores: Tensor, gold: Tensor, reduction: Reduction = "mean") -> Tensor:
 def ndcg_at_k(scores: Tensor, gold: Tensor, k: int = 5, reduction: Reduction = "mean") -> Tensor:
     """nDCG@k with binary relevance."""
     check_positive_int("k", k)
-    rr = ranked_relevance(scores, gold).float()
-    k_eff = min(k, rr.shape[1])
-    disc = 1.0 / torch.log2(torch.arange(2, k_eff + 2, dtype=torch.float32, device=rr.device))
-    dcg = (rr[:, :k_eff] * disc).sum(1)
-    n_rel = rr.sum(1).clamp(max=k_eff).long()
-    idcg = torch.cumsum(disc, 0)[n_rel - 1]
-    return _reduce(dcg / idcg, reduction)
+    return _reduce(_ndcg(ranked_relevance(scores, gold).float(), k), reduction)
 
 
 def retrieval_metrics(scores: Tensor, gold: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@k for each k, MRR and nDCG@5 as plain floats (for tidy result tables)."""
-    out = {f"recall@{k}": float(recall_at_k(scores, gold, k)) for k in ks}
-    out["mrr"] = float(mrr(scores, gold))
-    out["ndcg@5"] = float(ndcg_at_k(scores, gold, 5))
+    """Recall@k for each k, MRR and nDCG@5 as plain floats (for tidy result tables); one ranking for all."""
+    rr = ranked_relevance(scores, gold).float()
+    out = {f"recall@{k}": float(_recall(rr, check_positive_int("k", k)).mean()) for k in ks}
+    out["mrr"] = float((1.0 / (rr.argmax(1) + 1).float()).mean())
+    out["ndcg@5"] = float(_ndcg(rr, 5).mean())
     return out

@@ -7,6 +7,8 @@ zero); masked query tokens contribute nothing. Low-precision inputs are pooled a
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -67,57 +69,124 @@ def _similarities(Dc: Tensor, q: Tensor, out: Tensor | None = None) -> Tensor:
     return torch.bmm(qn, Dc.transpose(1, 2), out=out)
 
 
-def _selected_similarities(Dc: Tensor, q: Tensor, idx: Tensor) -> Tensor:
-    """q_r . Dc[n, idx[n, r, k]] recomputed with gradient: Dc [n, M, d], q [R, d], idx [n, R, k] -> [n, R, k]."""
-    n, M, d = Dc.shape
-    rows = (idx + M * torch.arange(n, device=idx.device).view(n, 1, 1)).flatten()
-    picked = Dc.reshape(n * M, d).index_select(0, rows).view(*idx.shape, d)  # backward: index_add, fast
-    return _pool_low_precision(torch.einsum("nrkd,rd->nrk", picked, q))
+class _SelectedScores(torch.autograd.Function):
+    """phi [n, R] with its Jacobian W = dphi/dS [n, R, M] precomputed (one-hot for MaxSim, 1/k on the top k,
+    w (1 + (S - phi) / tau) for softmax): the backward is two GEMMs with dS = W g, autograd never keeps S.
+    """
+
+    @staticmethod
+    def forward(ctx, Dc: Tensor, q: Tensor, W: Tensor, phi: Tensor) -> Tensor:
+        ctx.save_for_backward(Dc, q, W)
+        return phi.clone()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        Dc, q, W = ctx.saved_tensors
+        dS = (W * g.unsqueeze(-1)).to(Dc.dtype)  # [n, R, M]
+        dD = torch.bmm(dS.transpose(1, 2), q.expand(Dc.shape[0], *q.shape)) if ctx.needs_input_grad[0] else None
+        dq = torch.bmm(dS, Dc).sum(0) if ctx.needs_input_grad[1] else None
+        return dD, dq, None, None
 
 
-def _pool_chunk(p: Pooling, Dc: Tensor, q: Tensor, m: Tensor | None, grad: bool, buf: Tensor | None) -> Tensor:
+_REMOVED = -3.0e38  # added to a found maximum so that later passes skip it
+
+
+_SCRATCH = threading.local()
+#: Largest CPU scratch kept between calls (float32 entries): fresh pages cost about as much as the GEMM.
+SCRATCH_KEEP_ELEMENTS = 1 << 24
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An uninitialised tensor for the similarity block, reused across calls on CPU (per thread).
+
+    Many small ``score_matrix`` calls (a training step scores each run) otherwise touch fresh memory
+    every time, and first-touch page faults cost as much as the similarities themselves.
+    """
+    numel = math.prod(shape)
+    if device.type != "cpu" or numel > SCRATCH_KEEP_ELEMENTS:
+        return torch.empty(shape, dtype=dtype, device=device)
+    kept = getattr(_SCRATCH, "buf", None)
+    if kept is None or kept.dtype != dtype or kept.numel() < numel:
+        kept = _SCRATCH.buf = torch.empty(numel, dtype=dtype)
+    return kept[:numel].view(shape)
+
+
+def _top_k(S: Tensor, k: int, hit: Tensor, weights: Tensor | None = None) -> Tensor | None:
+    """Mean of the k largest entries of S [..., M] -> [...], by passes of ``amax`` that each remove their
+    maximum in place (S is overwritten; ``hit`` is scratch shaped like S). Tied maxima count once each.
+    ``weights`` (zeros shaped like S) receives the selection, 1/k on each chosen patch.
+
+    Only float arithmetic touches the whole block (comparisons, ``torch.where`` and ``torch.topk`` are several
+    times slower on CPU). Masked patches are -inf. Returns None when a row has fewer than k real patches, or
+    when ``weights`` is asked for and a tie makes the choice ambiguous: callers then use the reference selection.
+    """
+    left = torch.full(S.shape[:-1] + (1,), float(k), dtype=S.dtype, device=S.device)
+    total = torch.zeros_like(left)
+    for _ in range(k):
+        top = S.amax(-1, keepdim=True)
+        torch.sub(S, top, out=hit).sign_().add_(1.0)  # 1 at each maximum (S <= top), 0 elsewhere
+        count = hit.sum(-1, keepdim=True)
+        if weights is not None and not bool((count == 1).all()):
+            return None
+        take = torch.minimum(count, left)  # nan where the row ran out of real patches (top = -inf)
+        total.addcmul_(top, take)
+        left.sub_(take)
+        if not bool((left > 0).any()):
+            break
+        S.add_(hit, alpha=_REMOVED)
+        if weights is not None:
+            weights.add_(hit, alpha=1.0 / k)
+    else:
+        return None
+    if weights is not None:
+        weights.add_(hit, alpha=1.0 / k)
+    out = total.squeeze(-1) / k
+    return out if bool(torch.isfinite(out).all() and (out > _REMOVED / (2 * k)).all()) else None
+
+
+def _pool_chunk(p: Pooling, Dc: Tensor, q: Tensor, m: Tensor | None, grad: bool, buf: Tensor) -> Tensor:
     """phi of MaxSim / Top-k / softmax / mean for documents Dc [n, M, d], query rows q [R, d] -> [n, R].
 
-    S is [n, R, M]; m [n, 1, M] masks patches. Without a gradient S lives in the reused buffer ``buf`` and is
-    pooled in place. With one, MaxSim and Top-k pick their patches without gradient and recompute only those
-    similarities (autograd keeps [n, R, k], not [n, R, M]); softmax and mean differentiate through S.
+    S [n, R, M] lives in the reused scratch ``buf`` [2, >= n, R, M] and is pooled in place, without autograd;
+    m [n, 1, M] masks patches. With a gradient the closed-form W = dphi/dS [n, R, M] is computed alongside
+    (``Pooling.jacobian``) and ``_SelectedScores`` turns it into a two-GEMM backward: autograd keeps W, not
+    the graph of every elementwise op on S.
     """
-    fill = 0.0 if isinstance(p, Mean) else float("-inf")
-    if buf is None:  # softmax or mean with gradient
-        S = _similarities(Dc, q)
-        S = S if m is None else S.masked_fill(~m, fill)
-        if isinstance(p, Mean):
-            return S.sum(-1) / (S.shape[-1] if m is None else m.sum(-1).to(S.dtype))
-        top = S.amax(-1, keepdim=True).detach()  # softmax in one stable pass, as below
-        X = (S - top) / p.tau
-        E = X.exp()
-        X = X if m is None else X.masked_fill(~m, 0.0)
-        return top.squeeze(-1) + p.tau * (E * X).sum(-1) / E.sum(-1)
     n = Dc.shape[0]
+    W = None
     with torch.no_grad():
         S = _similarities(Dc, q, buf[0, :n])
         if m is not None:
-            S.masked_fill_(~m, fill)
+            S.masked_fill_(~m, 0.0 if isinstance(p, Mean) else float("-inf"))
         if isinstance(p, Mean):
-            return S.sum(-1) / (S.shape[-1] if m is None else m.sum(-1).to(S.dtype))
-        if isinstance(p, Softmax):  # phi = tau * sum_j w_j (S_j / tau), w = softmax(S / tau): one fused kernel
+            count = S.shape[-1] if m is None else m.sum(-1, keepdim=True).to(S.dtype)
+            phi = S.sum(-1) / (count if m is None else count.squeeze(-1))
+            if grad:
+                W = (torch.ones_like(S) if m is None else m.expand_as(S).to(S.dtype)) / count
+        elif isinstance(p, Softmax):  # phi = tau * sum_j w_j X_j with X = S / tau, w = softmax(X)
             X = S.div_(p.tau)
-            wX = torch.softmax(X, dim=-1, out=buf[1, :n]).mul_(X)
+            w = torch.softmax(X, dim=-1) if grad else torch.softmax(X, dim=-1, out=buf[1, :n])
+            wX = torch.mul(w, X, out=buf[1, :n]) if grad else w.mul_(X)
             if m is not None:  # masked patches: w = 0 and X = -inf, so make w X 0, not nan
                 wX.masked_fill_(~m, 0.0)
-            return p.tau * wX.sum(-1)
-        if isinstance(p, MaxSim):
-            if not grad:
-                return S.amax(-1)
-            vals, idx = None, S.argmax(-1, keepdim=True)  # the first arg-max, like MaxSim.reduce
+            phi = p.tau * wX.sum(-1)
+            if grad:  # dphi/dS_j = w_j (1 + X_j - phi / tau)
+                W = w.mul_(X.sub_((phi / p.tau).unsqueeze(-1)).add_(1.0))
+                if m is not None:
+                    W.masked_fill_(~m, 0.0)
+        elif isinstance(p, MaxSim) and not grad:
+            phi = S.amax(-1)
         else:
-            vals, idx = S.topk(min(p.k, S.shape[-1]), dim=-1, sorted=False)
-    valid = None if m is None or vals is None else torch.isfinite(vals)  # fewer than k real patches
-    if grad:
-        vals = _selected_similarities(Dc, q, idx)
-    if valid is None:
-        return vals.mean(-1)
-    return torch.where(valid, vals, 0.0).sum(-1) / valid.sum(-1).to(vals.dtype)
+            k = 1 if isinstance(p, MaxSim) else min(p.k, S.shape[-1])
+            W = torch.zeros_like(S) if grad else None
+            phi = _top_k(S, k, buf[1, :n], W)  # 2-8x faster than torch.topk here (make bench)
+            if phi is None:  # fewer than k real patches, or a tie with a gradient: the reference selection
+                S = _similarities(Dc, q, buf[0, :n])
+                if m is not None:
+                    S.masked_fill_(~m, float("-inf"))
+                phi = p.reduce(S)
+                W = p.jacobian(S) if grad else None
+    return _SelectedScores.apply(Dc, q, W, phi) if grad else phi
 
 
 def score_matrix(
@@ -146,10 +215,9 @@ def score_matrix(
     grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
     fast = type(p) in (MaxSim, TopK, Softmax, Mean)
     buf = None
-    if fast and not (grad and type(p) in (Softmax, Mean)):  # the block (and softmax's exponentials), reused
+    if fast:  # the block and the scratch of softmax / _top_k, reused
         dtype = torch.promote_types(Q.dtype, torch.float32)  # low precision is pooled in float32
-        n_buf = 2 if type(p) is Softmax else 1
-        buf = torch.empty(n_buf, min(step, Nd), Nq * T, M, dtype=dtype, device=Q.device)
+        buf = _scratch((2, min(step, Nd), Nq * T, M), dtype, Q.device)
     q_flat = Q.reshape(Nq * T, d)
     out = []
     for start in range(0, Nd, step):

@@ -5,10 +5,8 @@ once with ``StackedEncoder``: the loss is the sum of the runs' InfoNCE losses, s
 its own and Adam (elementwise) keeps the runs independent; run r gives the same numbers whatever else
 shares its stack.
 
-``stacked_scores`` is the training-time score ``Z_ab = sum_i phi(S_i)`` for every run at once. It equals
-``scoring.score_matrix`` run by run (tests check values and gradients) but is cheaper to differentiate:
-MaxSim and Top-k recompute only the selected similarities with gradient (their Jacobian is sparse), and
-softmax pooling uses its closed-form backward instead of autograd through every elementwise op.
+``stacked_scores`` is the training-time score ``Z_ab = sum_i phi(S_i)`` for every run of a stack:
+``scoring.score_matrix`` run by run.
 
 Every ``eval_every`` epochs a run records: training loss (mean over the epoch), Recall@1/5/10, MRR and
 nDCG@5 on the evaluation corpus, and the patch-level gradient Gini over a fixed set of training pairs
@@ -34,83 +32,24 @@ from . import io, sweeps
 from .device import resolve_device
 from .metrics import gini, infonce_loss, retrieval_metrics
 from .model import StackedEncoder
-from .pooling import MaxSim, Pooling, Softmax, TopK, parse_pooling
-from .scoring import pool_similarity_block
+from .pooling import Pooling, parse_pooling
+from .scoring import score_matrix
 from .synthetic import SyntheticConfig, SyntheticData, generate
 
 # ---------------------------------------------------------------------------------------------------------
 # Stacked scoring
 
 
-class _SoftmaxScores(torch.autograd.Function):
-    """phi [R, Nq, T, Nd] of softmax pooling with the closed-form backward dphi/dS = w (1 + (S - phi) / tau)."""
-
-    @staticmethod
-    def forward(ctx, Q3: Tensor, D3: Tensor, tau: float, shape: tuple[int, int, int, int, int]) -> Tensor:
-        R, Nq, T, Nd, M = shape
-        S = torch.bmm(Q3, D3.transpose(1, 2)).view(R, Nq, T, Nd, M)
-        w = torch.softmax(S / tau, dim=-1)
-        phi = (w * S).sum(-1)
-        ctx.save_for_backward(Q3, D3, S, w, phi)
-        ctx.tau, ctx.shape = tau, shape
-        return phi
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        Q3, D3, S, w, phi = ctx.saved_tensors
-        R, Nq, T, Nd, M = ctx.shape
-        dS = (S - phi.unsqueeze(-1)).div_(ctx.tau).add_(1.0).mul_(w).mul_(g.unsqueeze(-1))
-        dS = dS.view(R, Nq * T, Nd * M)
-        dQ = torch.bmm(dS, D3) if ctx.needs_input_grad[0] else None
-        dD = torch.bmm(dS.transpose(1, 2), Q3) if ctx.needs_input_grad[1] else None
-        return dQ, dD, None, None
-
-
-def _selected_phi(Q: Tensor, D: Tensor, idx: Tensor) -> Tensor:
-    """Mean over the selected patches of q_i . d_j: idx [R, Nq, T, Nd, k] -> phi [R, Nq, T, Nd]."""
-    R, Nq, T, d = Q.shape
-    Nd, M = D.shape[1], D.shape[2]
-    k = idx.shape[-1]
-    flat = (idx + (torch.arange(Nd, device=idx.device) * M).view(1, 1, 1, Nd, 1)).reshape(R, -1, 1)
-    Dsel = torch.gather(D.reshape(R, Nd * M, d), 1, flat.expand(-1, -1, d)).view(R, Nq, T, Nd * k, d)
-    phi = torch.matmul(Dsel, Q.unsqueeze(-1)).view(R, Nq, T, Nd, k)  # q_i . d_sel
-    return phi.sum(-1) / k if k > 1 else phi.squeeze(-1)
-
-
 def stacked_scores(Q: Tensor, D: Tensor, pooling: str | Pooling, chunk_size: int | None = None) -> Tensor:
     """Late-interaction scores of R runs at once: Q [R, Nq, T, d], D [R, Nd, M, d] -> [R, Nq, Nd].
 
-    Equals ``score_matrix(Q[r], D[r], pooling)`` for each r (no masks). Differentiable when grad is
-    enabled; ``chunk_size`` scores that many documents at a time (no-grad evaluation only).
+    Run r is ``score_matrix(Q[r], D[r], pooling, chunk_size=chunk_size)``: its cache-sized chunks and
+    sparse / closed-form gradients make a loop over runs faster than one stacked block (``make bench``).
     """
     p = parse_pooling(pooling)
     if Q.ndim != 4 or D.ndim != 4 or Q.shape[0] != D.shape[0] or Q.shape[-1] != D.shape[-1]:
         raise ValueError(f"need Q [R, Nq, T, d] and D [R, Nd, M, d], got {tuple(Q.shape)} and {tuple(D.shape)}")
-    R, Nq, T, d = Q.shape
-    Nd, M = D.shape[1], D.shape[2]
-    grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
-    if not grad:
-        step = Nd if chunk_size is None else chunk_size
-        out = []
-        Q3 = Q.reshape(R, Nq * T, d)
-        for s in range(0, Nd, step):
-            Dc = D[:, s : s + step]
-            n = Dc.shape[1]
-            S = torch.bmm(Q3, Dc.reshape(R, n * M, d).transpose(1, 2)).view(R * Nq, T, n, M)
-            out.append(pool_similarity_block(p, S).view(R, Nq, T, n).sum(2))
-        return torch.cat(out, dim=2)
-    if isinstance(p, MaxSim | TopK):
-        with torch.no_grad():
-            S = torch.bmm(Q.reshape(R, Nq * T, d), D.reshape(R, Nd * M, d).transpose(1, 2)).view(R, Nq, T, Nd, M)
-            k = 1 if isinstance(p, MaxSim) else min(p.k, M)
-            idx = S.argmax(-1, keepdim=True) if k == 1 else S.topk(k, dim=-1).indices
-            del S
-        return _selected_phi(Q, D, idx).sum(2)
-    if isinstance(p, Softmax):
-        Q3, D3 = Q.reshape(R, Nq * T, d), D.reshape(R, Nd * M, d)
-        return _SoftmaxScores.apply(Q3, D3, p.tau, (R, Nq, T, Nd, M)).sum(2)
-    S = torch.bmm(Q.reshape(R, Nq * T, d), D.reshape(R, Nd * M, d).transpose(1, 2)).view(R * Nq, T, Nd, M)
-    return pool_similarity_block(p, S).view(R, Nq, T, Nd).sum(2)  # token-coupled poolings see [.., T, M]
+    return torch.stack([score_matrix(Q[r], D[r], p, chunk_size=chunk_size) for r in range(Q.shape[0])])
 
 
 def stacked_infonce(Z: Tensor) -> Tensor:
@@ -154,7 +93,6 @@ class TrainConfig:
     hidden: int = 64
     out_dim: int = 16
     gini_pairs: int = 256  # fixed training pairs for the gradient Gini (multiple of batch_size)
-    eval_chunk: int = 64  # documents per scoring chunk at evaluation
 
 
 METRICS = ("loss", "recall@1", "recall@5", "recall@10", "mrr", "ndcg@5")
@@ -162,19 +100,15 @@ METRICS = ("loss", "recall@1", "recall@5", "recall@10", "mrr", "ndcg@5")
 
 @torch.no_grad()
 def evaluate_stack(
-    enc: StackedEncoder, queries: Tensor, docs: Tensor, gold: Tensor, poolings: Sequence[str], chunk: int = 64
+    enc: StackedEncoder, queries: Tensor, docs: Tensor, gold: Tensor, poolings: Sequence[str]
 ) -> list[dict[str, float]]:
-    """Retrieval metrics of every run: raw queries [R, Nq, T, d], raw docs [R, Nd, M, d], gold [Nq].
-
-    ``chunk`` documents are scored at a time, fewer if the block [R, Nq, T, chunk, M] would exceed 2**26 entries.
-    """
+    """Retrieval metrics of every run: raw queries [R, Nq, T, d], raw docs [R, Nd, M, d], gold [Nq]."""
     dev = enc.weights[0].device
     Q, D = enc(queries.to(dev)), enc(docs.to(dev))
     out: list[dict[str, float]] = [{} for _ in poolings]
     for spec, runs in _by_pooling(poolings).items():
         idx = torch.as_tensor(runs, device=Q.device)
-        per_doc = len(runs) * Q.shape[1] * Q.shape[2] * D.shape[2]
-        Z = stacked_scores(Q[idx], D[idx], spec, chunk_size=max(1, min(chunk, 2**26 // per_doc)))
+        Z = stacked_scores(Q[idx], D[idx], spec)
         for j, r in enumerate(runs):
             out[r] = retrieval_metrics(Z[j].float().cpu(), gold)
     return out
@@ -252,7 +186,7 @@ def train_stack(
 
     def record(epoch: int, losses: Tensor | None) -> None:
         enc.eval()
-        ret = evaluate_stack(enc, Eq, Ed, gold, poolings, tcfg.eval_chunk)
+        ret = evaluate_stack(enc, Eq, Ed, gold, poolings)
         gin = gini_stack(enc, Xq[:, :n_gini], Xp[:, :n_gini], poolings, B)
         for r in range(R):
             vals = dict(ret[r])
@@ -446,26 +380,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=_cli)
 
 
-def steps_per_second(length: int = 64, runs: int = 5, pooling: str = "maxsim", seconds: float = 3.0) -> float:
-    """Measured training steps per second of one stack of ``runs`` runs (B = 64) at ``length``."""
-    import time
-
-    world = generate(SyntheticConfig(length=length, n_train=256, n_eval=64))
-    enc = StackedEncoder(list(range(runs)))
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
-    xq = world.train.queries[:64].expand(runs, -1, -1, -1)
-    xd = world.train.positives[:64].expand(runs, -1, -1, -1)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n == 0:
-        loss = stacked_infonce(stacked_scores(enc(xq), enc(xd), pooling))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        n += 1
-    return n / (time.perf_counter() - t0)
-
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Analysis helpers used by notebooks 02 and 03
 
@@ -542,6 +456,11 @@ def _ordered(values: Mapping[str, float], order: Sequence[str]) -> bool:
     return all(values[a] > values[b] for a, b in zip(order[:-1], order[1:], strict=True))
 
 
+#: Claim 1's Gini rows: "reproduced" needs the ordering in every seed and the level within this of the paper's
+#: (ordering alone, with the level further off, is "partly reproduced").
+GINI_LEVEL_TOLERANCE = 0.1
+
+
 def claims_02(df: pd.DataFrame, reading: str = "pair") -> pd.DataFrame:
     """Claims 1-3 of PAPER.md section 5 (synthetic side) from a training table at one length."""
     from .stats import claim_row, mean_ci
@@ -550,13 +469,15 @@ def claims_02(df: pd.DataFrame, reading: str = "pair") -> pd.DataFrame:
     metric = f"gini_{reading}_mean"
     fin = final_values(df, metric)
     per_seed = fin.pivot_table(index="seed", columns="pooling", values="value")
-    paper = {"maxsim": "~0.78", "topk:4": "~0.45", "softmax:1": "~0.18"}
+    paper = {"maxsim": 0.78, "topk:4": 0.45, "softmax:1": 0.18}
     ok = all(_ordered(row, order) for _, row in per_seed.iterrows())
     rows = []
-    for p in order:
+    for p in order:  # the claim is the ordering; the paper's level is met within GINI_LEVEL_TOLERANCE
         m, lo, hi = mean_ci(per_seed[p].to_numpy())
-        rows.append(claim_row("1", f"final gradient Gini ({reading} reading), {label(p)}", paper[p], m, lo, hi,
-                              "reproduced" if ok else "not reproduced", "synthetic, notebook 02"))
+        verdict = "not reproduced" if not ok else (
+            "reproduced" if abs(m - paper[p]) <= GINI_LEVEL_TOLERANCE else "partly reproduced")
+        rows.append(claim_row("1", f"final gradient Gini ({reading} reading), {label(p)}", f"~{paper[p]}", m, lo, hi,
+                              verdict, "synthetic, notebook 02"))
     # Claim 2: share of evaluations (epoch >= 5) where the ordering holds in every seed.
     g = df[(df["metric"] == metric) & (df["epoch"] > 0)].pivot_table(index=["epoch", "seed"], columns="pooling",
                                                                        values="value")
@@ -650,7 +571,7 @@ def cross_length(
         worlds = {s: world_of(config, s, length=L, n_eval=n_eval) for s in set(seeds)}
         q = torch.stack([worlds[s].eval.queries for s in seeds])
         docs = torch.stack([worlds[s].eval.corpus()[0] for s in seeds])
-        res = evaluate_stack(enc, q, docs, torch.arange(n_eval), pools, chunk=32)
+        res = evaluate_stack(enc, q, docs, torch.arange(n_eval), pools)
         for r, m in enumerate(res):
             rows.append({"train_length": config["length"], "eval_length": L, "pooling": pools[r],
                          "seed": seeds[r], "recall@1": m["recall@1"]})

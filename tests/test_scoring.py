@@ -156,3 +156,68 @@ def test_pad_and_similarities():
         pad(vecs, length=3)
     Q, D, _, _ = make_batch(2, 2, 3, 4, 5, 1)
     torch.testing.assert_close(similarities(Q, D), torch.einsum("ntc,nmc->ntm", Q, D))
+
+
+def autograd_reference(Q, D, spec, q_mask, d_mask):
+    """Scores from plain differentiable torch ops (no custom backward): S by einsum, phi from the definitions."""
+    S = torch.einsum("atd,bmd->atbm", Q, D)
+    valid = d_mask[None, None].expand_as(S)
+    name, _, arg = spec.partition(":")
+    if name == "maxsim":
+        phi = S.masked_fill(~valid, float("-inf")).amax(-1)
+    elif name == "mean":
+        phi = S.masked_fill(~valid, 0.0).sum(-1) / valid.sum(-1)
+    elif name == "topk":
+        k = torch.clamp(valid.sum(-1, keepdim=True), max=int(arg))
+        srt = S.masked_fill(~valid, float("-inf")).sort(-1, descending=True).values
+        take = torch.arange(S.shape[-1]) < k
+        phi = srt.masked_fill(~take, 0.0).sum(-1) / k.squeeze(-1)
+    else:
+        w = torch.softmax(S.masked_fill(~valid, float("-inf")) / float(arg), -1)
+        phi = (w * S.masked_fill(~valid, 0.0)).sum(-1)
+    return (phi * q_mask[:, :, None]).sum(1)
+
+
+@settings(max_examples=40)
+@given(shapes, seeds, st.sampled_from(SPECS), st.sampled_from([None, 1, 3]))
+def test_gradients_equal_autograd_through_the_definitions(shape, seed, spec, chunk):
+    """The closed-form backward of score_matrix (no autograd graph over S) against autograd on plain ops."""
+    Q, D, qm, dm = make_batch(*shape, seed)
+    Z, gQ, gD = _scores_and_grads(Q, D, spec, qm, dm, chunk)
+    Q_, D_ = Q.clone().requires_grad_(True), D.clone().requires_grad_(True)
+    ref = autograd_reference(Q_, D_, spec, qm, dm)
+    w = torch.linspace(-1, 1, ref.numel(), dtype=ref.dtype).view_as(ref)
+    rQ, rD = torch.autograd.grad((w * ref).sum(), (Q_, D_))
+    torch.testing.assert_close(Z, ref.detach(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gQ, rQ, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gD, rD, rtol=1e-10, atol=1e-10)
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 12), seeds, st.booleans())
+def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties):
+    """scoring._top_k: the mean of the k largest (ties counted once each), its selection weights, and None
+    exactly when a row has fewer than k real patches (or, with weights, when a tie makes the choice ambiguous)."""
+    from spikehijack.pooling import parse_pooling
+    from spikehijack.scoring import _top_k
+
+    g = torch.Generator().manual_seed(seed)
+    S = torch.randn(rows, M, generator=g, dtype=torch.float64)
+    if ties:  # few distinct values: ties everywhere
+        S = torch.round(S * 2) / 2
+    S = S.masked_fill(torch.rand(rows, M, generator=g) < 0.2, float("-inf"))
+    k = min(k, M)
+    real = torch.isfinite(S).sum(-1)
+    got = _top_k(S.clone(), k, torch.empty_like(S))
+    if bool((real < k).any()):
+        assert got is None
+        return
+    torch.testing.assert_close(got, S.topk(k, -1).values.mean(-1), rtol=1e-12, atol=1e-12)
+    W = torch.zeros_like(S)
+    with_weights = _top_k(S.clone(), k, torch.empty_like(S), W)
+    ref_W = parse_pooling("maxsim" if k == 1 else f"topk:{k}").jacobian(S)
+    unique = bool((S.sort(-1, descending=True).values[:, : k + 1].diff(dim=-1) != 0).all())
+    if with_weights is None:
+        assert not unique
+    else:
+        torch.testing.assert_close(W, ref_W, rtol=0, atol=1e-15)
