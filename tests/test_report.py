@@ -30,6 +30,7 @@ from spikehijack.report import (
 from spikehijack.stats import claim_row
 
 TRACKED = REPO_ROOT / "reports" / "quick"
+TRACKED_BY_PROFILE = {"quick": TRACKED, "paper": REPO_ROOT / "reports" / "paper" / "tables"}
 RESULTS = REPO_ROOT / "results" / "quick"
 
 
@@ -119,11 +120,12 @@ def test_update_readme_and_sync(tmp_path):
         extract_block("no markers here")
 
 
-def test_readme_results_table_matches_tracked_tables():
-    """README.md's generated block equals what the tracked reports/quick/ tables give."""
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_readme_results_table_matches_tracked_tables(profile):
+    """README.md's generated blocks equal what the tracked tables give (reports/quick/, reports/paper/tables/)."""
     readme = (REPO_ROOT / "README.md").read_text()
-    assert extract_block(readme) == readme_block(TRACKED).strip(), (
-        "README results table is stale: run `python scripts/update_readme_results.py`"
+    assert extract_block(readme, profile) == readme_block(TRACKED_BY_PROFILE[profile], profile).strip(), (
+        f"README {profile} results table is stale: run `python scripts/update_readme_results.py`"
     )
 
 
