@@ -133,7 +133,11 @@ def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
 
 def gold_rank(scores: Tensor, gold: Tensor) -> Tensor:
     """1-based rank of the first relevant document per query [Nq] (pessimistic on ties)."""
-    return ranked_relevance(scores, gold).float().argmax(1) + 1
+    return _first_rank(ranked_relevance(scores, gold).float())
+
+
+def _first_rank(rr: Tensor) -> Tensor:
+    return rr.argmax(1) + 1
 
 
 def _recall(rr: Tensor, k: int) -> Tensor:
@@ -170,6 +174,6 @@ def retrieval_metrics(scores: Tensor, gold: Tensor, ks: tuple[int, ...] = (1, 5,
     """Recall@k for each k, MRR and nDCG@5 as plain floats (for tidy result tables); one ranking for all."""
     rr = ranked_relevance(scores, gold).float()
     out = {f"recall@{k}": float(_recall(rr, check_positive_int("k", k)).mean()) for k in ks}
-    out["mrr"] = float((1.0 / (rr.argmax(1) + 1).float()).mean())
+    out["mrr"] = float((1.0 / _first_rank(rr).float()).mean())
     out["ndcg@5"] = float(_ndcg(rr, 5).mean())
     return out

@@ -131,15 +131,11 @@ def _top_k(S: Tensor, k: int, hit: Tensor, weights: Tensor | None = None) -> Ten
         take = torch.minimum(count, left)  # nan where the row ran out of real patches (top = -inf)
         total.addcmul_(top, take)
         left.sub_(take)
-        if not bool((left > 0).any()):
-            break
-        S.add_(hit, alpha=_REMOVED)
         if weights is not None:
             weights.add_(hit, alpha=1.0 / k)
-    else:
-        return None
-    if weights is not None:
-        weights.add_(hit, alpha=1.0 / k)
+        if not bool((left > 0).any()):  # every pass takes >= 1 per real row: at most k passes
+            break
+        S.add_(hit, alpha=_REMOVED)
     out = total.squeeze(-1) / k
     return out if bool(torch.isfinite(out).all() and (out > _REMOVED / (2 * k)).all()) else None
 
@@ -179,7 +175,7 @@ def _pool_chunk(p: Pooling, Dc: Tensor, q: Tensor, m: Tensor | None, grad: bool,
         else:
             k = 1 if isinstance(p, MaxSim) else min(p.k, S.shape[-1])
             W = torch.zeros_like(S) if grad else None
-            phi = _top_k(S, k, buf[1, :n], W)  # 2-8x faster than torch.topk here (make bench)
+            phi = _top_k(S, k, buf[1, :n], W)  # 1.2-12x faster than torch.topk here (make bench)
             if phi is None:  # fewer than k real patches, or a tie with a gradient: the reference selection
                 S = _similarities(Dc, q, buf[0, :n])
                 if m is not None:

@@ -32,6 +32,12 @@ def autograd_jacobian(S: torch.Tensor, spec: str, mask: torch.Tensor | None) -> 
     return g
 
 
+def assert_patch_permutation_invariant(S: torch.Tensor, mask: torch.Tensor, spec: str, seed: int, tol: float) -> None:
+    """Permuting the M patches of S [B, T, M] (and the mask with them) leaves every token's pooled value unchanged."""
+    perm = torch.randperm(S.shape[-1], generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(pool(S[..., perm], spec, mask[:, perm]), pool(S, spec, mask), rtol=tol, atol=tol)
+
+
 def assert_masked_values_are_ignored(S: torch.Tensor, mask: torch.Tensor, spec: str, junk: float) -> None:
     """Filling the masked patches of S [B, T, M] with ``junk`` changes no value, gradient or selection."""
     from spikehijack.pooling import jacobian, selection
