@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from . import inject
-from .io import REPO_ROOT
+from .device import PRECISION, default_dtype
+from .io import cache_dir
 from .metrics import gini, gold_rank, patch_gradient_norms
 from .pooling import parse_pooling
 from .scoring import score_matrix
@@ -57,14 +58,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def synthetic_cache_dir() -> Path:
     """The synthetic training cache shared with notebook 02 and ``python -m spikehijack synthetic``."""
-    return REPO_ROOT / "results" / "cache" / "synthetic"
+    return cache_dir("synthetic")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Generic evaluation of one embedded retrieval problem
 # ----------------------------------------------------------------------------------------------------------
 def _per_query(scores: Tensor, gold: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    rank = gold_rank(scores.float(), gold).cpu().numpy()
+    rank = gold_rank(scores, gold).cpu().numpy()
     return (rank == 1).astype(float), 1.0 / rank
 
 
@@ -212,7 +213,7 @@ def synthetic_eval_run(config: Mapping[str, Any], cache_dir: str | Path) -> pd.D
     """``sweeps.run_grid`` run: evaluate run ``config["run"]`` of the cached training group ``config["group"]``."""
     from . import train as tr
 
-    group = next(c for c in tr.main_grid(config["profile"]) if c["length"] == config["length"])
+    group = next(c for c in tr.main_grid(config["profile"], sweep=True) if c["length"] == config["length"])
     enc, _, _ = tr.load_group_models(group, cache_dir)
     world = tr.world_of(group, int(config["seed"]))
     q, g = synthetic_run(enc.select([int(config["run"])]), world, config["train"], config["evals"].split(","),
@@ -226,10 +227,11 @@ def synthetic_experiment(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sections 1 and 2 in the synthetic world: (quality, gini) tidy tables with a ``mode`` column.
 
-    Trains (or loads from the shared cache) notebook 02's grid: MaxSim, Top-4 and softmax tau=1 encoders at
-    each length and seed (``train.main_grid``). At the default length M = 64 every frontier pooling is
-    evaluated on the MaxSim encoder (swap) and each trained pooling on its own encoder (retrained), clean,
-    under spike injection and under the Gaussian control, with Gini. At the other lengths: clean quality only.
+    Trains (or loads from the shared cache) notebook 03's length-sweep grid: MaxSim, Top-4 and softmax tau=1
+    encoders at each length and seed (``train.main_grid(sweep=True)``; in the paper profile notebook 02's). At the
+    default length M = 64 every frontier pooling is evaluated on the MaxSim encoder (swap) and each trained pooling
+    on its own encoder (retrained), clean, under spike injection and under the Gaussian control, with Gini. At
+    the other lengths: clean quality only.
     Each model's evaluation is one cached ``sweeps.run_grid`` run (``<cache>/beyond/``).
     """
     from functools import partial
@@ -239,7 +241,7 @@ def synthetic_experiment(
 
     prof = PROFILES[profile]
     cache = Path(cache_dir) if cache_dir is not None else synthetic_cache_dir()
-    groups = [c for c in tr.main_grid(profile) if c["length"] in prof["lengths"]]
+    groups = [c for c in tr.main_grid(profile, sweep=True) if c["length"] in prof["lengths"]]
     tr.run_groups(groups, cache, device=device, progress=progress)
     base_length = tr.SyntheticConfig().length
     runs = []
@@ -418,7 +420,7 @@ FRONTIER_REAL = ("maxsim", "topk:4", "topk:16", "softmax:0.05", "mean", *NEW_POO
 TRAINED_REAL = ("maxsim", "topk:4", "softmax:0.05")
 
 REAL_PROFILES: dict[str, dict[str, Any]] = {
-    "quick": {"n_queries": 160, "n_distractors": 500, "seeds": (0,), "steps": 100, "n_train": 500, "K": 100,
+    "quick": {"n_queries": 160, "n_distractors": 300, "seeds": (0,), "steps": 40, "n_train": 500, "K": 100,
               "factors": (1, 4), "frontier": ("maxsim", "topk:4", "softmax:0.05", *NEW_POOLINGS),
               "length_poolings": ("maxsim", "topk:4", "softmax:0.05", "lcmaxsim")},
     "paper": {"n_queries": 160, "n_distractors": 2000, "seeds": (0, 1, 2, 3, 4), "steps": 300, "n_train": None,
@@ -427,7 +429,7 @@ REAL_PROFILES: dict[str, dict[str, Any]] = {
 
 
 def real_cache_dir() -> Path:
-    return REPO_ROOT / "results" / "cache" / "beyond_real"
+    return cache_dir("beyond_real")
 
 
 _WORLDS: dict[tuple[int, int | None], Any] = {}
@@ -436,7 +438,7 @@ _WORLDS: dict[tuple[int, int | None], Any] = {}
 def real_world(n_queries: int, n_distractors: int | None, seed: int = 0) -> tuple[Any, Any, Any]:
     """(hpo, phrase encoder, HPO-Dx task) for the given corpus size, built once per process (embeddings are
     cached on disk by ``encoders.EmbeddingCache``)."""
-    key = (n_queries, n_distractors, seed)
+    key = (n_queries, n_distractors, seed, torch.get_default_dtype())
     if key not in _WORLDS:
         from . import hpo as hpo_mod
         from . import real
@@ -455,10 +457,11 @@ def head_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame
     from .io import write_npz
     from .sweeps import run_key
 
-    H, enc, task = real_world(config["n_queries"], config["n_distractors"])
-    diseases = real.train_diseases(H, task, config["n_train"], seed=config["seed"])
-    head, hist = real.train_head(H, enc, diseases, pooling=config["pooling"], steps=config["steps"],
-                                 seed=config["seed"])
+    with default_dtype(config["dtype"]):
+        H, enc, task = real_world(config["n_queries"], config["n_distractors"])
+        diseases = real.train_diseases(H, task, config["n_train"], seed=config["seed"])
+        head, hist = real.train_head(H, enc, diseases, pooling=config["pooling"], steps=config["steps"],
+                                     seed=config["seed"])
     write_npz(Path(weights_dir) / f"{run_key(config)}.npz", weight=head.linear.weight.detach().cpu().numpy())
     return hist
 
@@ -466,7 +469,7 @@ def head_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame
 def head_configs(profile: str) -> list[dict[str, Any]]:
     prof = REAL_PROFILES[profile]
     return [{"pooling": parse_pooling(p).spec, "seed": s, "steps": prof["steps"], "n_train": prof["n_train"],
-             "n_queries": prof["n_queries"], "n_distractors": prof["n_distractors"]}
+             "n_queries": prof["n_queries"], "n_distractors": prof["n_distractors"], "dtype": PRECISION[profile]}
             for p in TRAINED_REAL for s in prof["seeds"]]
 
 
@@ -484,6 +487,11 @@ def load_head(key: str, weights_dir: str | Path) -> torch.nn.Module:
 
 def real_eval_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame:
     """``sweeps.run_grid`` run: evaluate one trained head (``config["head_key"]``) with ``config["evals"]``."""
+    with default_dtype(config["dtype"]):
+        return _real_eval(config, weights_dir)
+
+
+def _real_eval(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame:
     from . import real
 
     _, _, task = real_world(config["n_queries"], config["n_distractors"])
@@ -535,7 +543,7 @@ def real_experiment(
     runs = []
     for h in heads:
         evals = prof["frontier"] if h["pooling"] == "maxsim" else [h["pooling"]]
-        runs.append({"head_key": run_key(h), "train": h["pooling"], "seed": h["seed"],
+        runs.append({"head_key": run_key(h), "train": h["pooling"], "seed": h["seed"], "dtype": h["dtype"],
                      "n_queries": h["n_queries"], "n_distractors": h["n_distractors"], "K": prof["K"],
                      "evals": ",".join(parse_pooling(e).spec for e in evals),
                      "factors": ",".join(str(f) for f in prof["factors"]),

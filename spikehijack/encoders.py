@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._checks import check_positive_int
+from .device import as_dtype
 from .io import REPO_ROOT, config_hash, read_npz, write_npz
 
 CACHE_FORMAT = 1
@@ -78,7 +79,7 @@ def _fingerprint(path: Path) -> str:
 
 
 class EmbeddingCache:
-    """text -> [n, dim] float32 vectors, persisted as one npz (texts, offsets, vectors, meta).
+    """text -> [n, dim] vectors (dtype of the encoder, part of ``key``), one npz (texts, offsets, vectors, meta).
 
     ``key`` (JSON-serialisable) names everything the vectors depend on; the file name is its hash and the
     stored ``meta`` must equal it, otherwise (or when the file is unreadable or inconsistent) the cache is
@@ -122,7 +123,7 @@ class EmbeddingCache:
 
     def add(self, texts: Sequence[str], vectors: Sequence[np.ndarray]) -> None:
         for t, v in zip(texts, vectors, strict=True):
-            self.store[t] = np.asarray(v, dtype=np.float32)
+            self.store[t] = np.asarray(v)
         self._dirty = self._dirty or len(texts) > 0
 
     def get(self, text: str) -> np.ndarray:
@@ -155,7 +156,9 @@ class _MiniLM:
         release: str = "",
         use_cache: bool = True,
         progress: bool = False,
+        dtype: str | torch.dtype | None = None,
     ):
+        self.dtype = as_dtype(dtype) if dtype is not None else torch.get_default_dtype()
         self.model_path = Path(model_path) if model_path is not None else minilm_path()
         self.max_length = check_positive_int("max_length", max_length, minimum=3)
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -168,7 +171,7 @@ class _MiniLM:
         self.cache = None
         if use_cache:
             key = {"model": self.name, "fingerprint": _fingerprint(self.model_path), "release": release,
-                   "max_length": self.max_length, "kind": self.kind}
+                   "max_length": self.max_length, "kind": self.kind, "dtype": str(self.dtype)}
             self.cache = EmbeddingCache(cache_dir or default_cache_dir(), self.kind, key)
         self.n_encoded = 0  # texts sent through the model by this object (cache misses)
 
@@ -182,13 +185,13 @@ class _MiniLM:
 
         hf_logging.disable_progress_bar()
         self._tok = AutoTokenizer.from_pretrained(str(self.model_path))
-        self._model = AutoModel.from_pretrained(str(self.model_path)).to(self.device).eval()
+        self._model = AutoModel.from_pretrained(str(self.model_path)).to(self.device, self.dtype).eval()
 
     def _vectors(self, hidden: Tensor, attn: Tensor, special: Tensor) -> list[np.ndarray]:
         raise NotImplementedError
 
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
-        """Run the model on texts (sorted by length to limit padding); one float32 array per text."""
+        """Run the model on texts (sorted by length to limit padding); one array per text (``self.dtype``)."""
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"texts[{i}] must be a non-empty string, got {t!r}")
@@ -206,7 +209,7 @@ class _MiniLM:
                 b = {k: v.to(self.device) for k, v in b.items()}
                 if "token_type_ids" not in b:
                     b["token_type_ids"] = torch.zeros_like(b["input_ids"])
-                hidden = self._model(**b).last_hidden_state.float()
+                hidden = self._model(**b).last_hidden_state.to(self.dtype)
                 for i, v in zip(idx, self._vectors(hidden, b["attention_mask"].bool(), special), strict=True):
                     out[int(i)] = v
         self.n_encoded += len(texts)

@@ -149,10 +149,11 @@ def gaussian_patches(
     n_patches: int,
     d: int,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """The control: unit-norm isotropic Gaussian vectors [n_queries, n_patches, d] (uniform on the sphere)."""
+    """The control: unit-norm isotropic Gaussian vectors [n_queries, n_patches, d] (uniform on the sphere);
+    ``dtype`` defaults to torch's default dtype."""
     check_positive_int("n_queries", n_queries)
     check_positive_int("n_patches", n_patches, minimum=0)
     check_positive_int("d", d)
@@ -431,7 +432,7 @@ def top_nongold_documents(scores: Tensor, gold: Tensor) -> Tensor:
 def _token_mean(x: Tensor, q_mask: Tensor | None) -> Tensor:
     """Mean over valid query tokens: x [Nq, T, ...] -> [Nq, ...]."""
     n = x.shape[1] if q_mask is None else q_mask.sum(1).view(q_mask.shape[:1] + (1,) * (x.ndim - 2))
-    return _sum_tokens(x.float(), q_mask) / n
+    return _sum_tokens(x.to(torch.promote_types(x.dtype, torch.float32)), q_mask) / n
 
 
 def _top_doc_similarities(

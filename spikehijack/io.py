@@ -88,9 +88,31 @@ def cached_csv(path: str | os.PathLike, compute: Callable[[], pd.DataFrame]) -> 
     return df
 
 
+def results_root() -> Path:
+    """``$SPIKEHIJACK_RESULTS`` or ``<repo>/results`` (git-ignored): regenerated tables and training caches."""
+    return Path(os.environ.get("SPIKEHIJACK_RESULTS", REPO_ROOT / "results"))
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as a reader should see it: relative to the repository (or to ``$SPIKEHIJACK_RESULTS``)."""
+    path = Path(path).resolve()
+    for base, name in ((results_root().resolve(), "results"), (REPO_ROOT, "")):
+        if path.is_relative_to(base):
+            return (Path(name) / path.relative_to(base)).as_posix()
+    return path.name
+
+
+def cache_dir(name: str) -> Path:
+    """The config-hash cache folder of one experiment family (``synthetic``, ``beyond_real``, ...)."""
+    return results_root() / "cache" / name
+
+
 def results_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
-    """Where a notebook writes its result tables: ``results/<profile>/`` (quick) or ``reports/paper/tables``."""
-    base = Path(root) if root is not None else REPO_ROOT
-    path = base / "reports" / "paper" / "tables" if profile == "paper" else base / "results" / profile
+    """Where a notebook writes its result tables: ``results/<profile>/`` (quick; under ``results_root()``) or
+    ``reports/paper/tables``; ``root`` replaces the repository root."""
+    if profile == "paper":
+        path = (Path(root) if root is not None else REPO_ROOT) / "reports" / "paper" / "tables"
+    else:
+        path = (Path(root) / "results" if root is not None else results_root()) / profile
     path.mkdir(parents=True, exist_ok=True)
     return path

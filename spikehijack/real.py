@@ -196,16 +196,17 @@ def score_ragged_many(
     ps = [parse_pooling(p) for p in poolings]
     Q, qm = pad(list(queries))
     order = torch.argsort(torch.tensor([len(d) for d in documents]), stable=True)
-    out = {p.spec: torch.empty(len(queries), len(documents), dtype=torch.float32) for p in ps}
+    acc = torch.promote_types(Q.dtype, torch.float32)  # accumulate in float32 or wider
+    out = {p.spec: torch.empty(len(queries), len(documents), dtype=acc) for p in ps}
     q_flat = Q.reshape(-1, Q.shape[-1])
     for s in range(0, len(documents), docs_per_chunk):
         idx = order[s : s + docs_per_chunk]
         D, dm = pad([documents[int(i)] for i in idx])
         check_queries_documents(Q, D, qm, dm)
         n, M, d = D.shape
-        S = (q_flat @ D.reshape(n * M, d).T).view(Q.shape[0], Q.shape[1], n, M).float()
+        S = (q_flat @ D.reshape(n * M, d).T).view(Q.shape[0], Q.shape[1], n, M).to(acc)
         for p in ps:
-            out[p.spec][:, idx] = _sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).float()
+            out[p.spec][:, idx] = _sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).to(acc)
     return out
 
 
@@ -458,7 +459,7 @@ def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor, d
     p = parse_pooling(pooling)
     Q, qm = pad(list(task.queries))
     order = torch.argsort(torch.tensor([len(d) for d in task.documents]), stable=True)
-    out = torch.empty(len(task.queries), len(task.documents), dtype=torch.float32)
+    out = torch.empty(len(task.queries), len(task.documents), dtype=torch.promote_types(Q.dtype, torch.float32))
     placeholder = torch.zeros(1, Q.shape[-1], dtype=Q.dtype)
     R = relevance(task)
     for s in range(0, len(order), docs_per_chunk):
@@ -466,7 +467,7 @@ def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor, d
         D, dm = pad([task.documents[int(i)] for i in idx] + [placeholder])
         rel = torch.cat([R[:, idx], torch.ones(len(Q), 1, dtype=torch.bool)], dim=1)
         sc = inject.score_with_injection(Q, D, p, injected.to(Q.dtype), rel, qm, dm)
-        out[:, idx] = sc[:, :-1].float()
+        out[:, idx] = sc[:, :-1].to(out.dtype)
     return out
 
 

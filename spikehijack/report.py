@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import REPO_ROOT, results_dir, write_csv
+from .io import REPO_ROOT, atomic_write, results_dir
 
 #: README markers per profile: the quick block (``make reproduce``) and the paper block (``make paper``).
 MARKERS = {"quick": ("<!-- results:start -->", "<!-- results:end -->"),
@@ -215,7 +215,8 @@ def update_readme(
 
 
 def sync_tables(src: str | os.PathLike | None = None, dst: str | os.PathLike | None = None) -> list[Path]:
-    """Copy ``claims_*.csv`` from ``results/quick/`` (src) into the tracked ``reports/quick/`` (dst).
+    """Copy every result table (``*.csv``) from ``results/quick/`` (src) into the tracked ``reports/quick/`` (dst),
+    byte for byte: the committed copies that ``make test`` compares a rerun with (``regeneration``).
 
     Tables of dst without a counterpart in src are kept (a chapter not rerun keeps its last table).
     """
@@ -223,36 +224,8 @@ def sync_tables(src: str | os.PathLike | None = None, dst: str | os.PathLike | N
     dst = Path(dst) if dst is not None else REPO_ROOT / "reports" / "quick"
     dst.mkdir(parents=True, exist_ok=True)
     out = []
-    for path in claims_files(src):
-        df = pd.read_csv(path)
-        write_csv(df, dst / path.name)
+    for path in sorted(src.glob("*.csv")):
+        with atomic_write(dst / path.name) as fh:
+            fh.write(path.read_bytes())
         out.append(dst / path.name)
     return out
-
-
-def compare_tables(a: str | os.PathLike, b: str | os.PathLike, atol: float = 5e-3, common: bool = False) -> list[str]:
-    """Differences between the claims tables of two folders (same files, rows, verdicts; numbers within atol).
-
-    With ``common`` only tables present in both folders are compared.
-    """
-    problems = []
-    fa, fb = {p.name: p for p in claims_files(a)}, {p.name: p for p in claims_files(b)}
-    names = set(fa) & set(fb) if common else set(fa) | set(fb)
-    for name in sorted(names):
-        if name not in fa or name not in fb:
-            problems.append(f"{name}: only in {'first' if name in fa else 'second'} folder")
-            continue
-        x, y = pd.read_csv(fa[name]), pd.read_csv(fb[name])
-        if len(x) != len(y):
-            problems.append(f"{name}: {len(x)} rows vs {len(y)} rows")
-            continue
-        for col in ("claim", "quantity", "verdict"):
-            diff = (x[col].astype(str) != y[col].astype(str)).to_numpy().nonzero()[0]
-            if len(diff):
-                problems.append(f"{name}: column {col!r} differs in row(s) {diff.tolist()}")
-        for col in ("ours", "ci_low", "ci_high"):
-            d = (x[col] - y[col]).abs()
-            bad = (d > atol) | (x[col].isna() != y[col].isna())
-            if bool(bad.any()):
-                problems.append(f"{name}: {col} differs by up to {float(d.max()):.4f} (atol {atol})")
-    return problems

@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import io, sweeps
-from .device import resolve_device
+from .device import PRECISION, default_dtype, resolve_device
 from .metrics import gini, infonce_loss, retrieval_metrics
 from .model import StackedEncoder
 from .pooling import Pooling, parse_pooling
@@ -93,6 +93,7 @@ class TrainConfig:
     hidden: int = 64
     out_dim: int = 16
     gini_pairs: int = 256  # fixed training pairs for the gradient Gini (multiple of batch_size)
+    dtype: str = "float32"  # data, weights and scores ("float64": bit-stable across code paths, device.PRECISION)
 
 
 METRICS = ("loss", "recall@1", "recall@5", "recall@10", "mrr", "ndcg@5")
@@ -110,7 +111,7 @@ def evaluate_stack(
         idx = torch.as_tensor(runs, device=Q.device)
         Z = stacked_scores(Q[idx], D[idx], spec)
         for j, r in enumerate(runs):
-            out[r] = retrieval_metrics(Z[j].float().cpu(), gold)
+            out[r] = retrieval_metrics(Z[j].cpu(), gold)
     return out
 
 
@@ -129,7 +130,7 @@ def gini_stack(
     dev = enc.weights[0].device
     Q, D = enc(queries.to(dev)), enc(docs.to(dev))
     R, N = Q.shape[:2]
-    out = {k: torch.zeros(R, N) for k in ("pair", "infonce")}
+    out = {k: torch.zeros(R, N, dtype=torch.float32) for k in ("pair", "infonce")}
     for spec, runs in _by_pooling(poolings).items():
         idx = torch.as_tensor(runs, device=Q.device)
         for s in range(0, N, batch_size):
@@ -157,6 +158,14 @@ def train_stack(
     All worlds must share length and sizes. Returns (tidy table: seed, pooling, length, epoch, metric, value;
     the trained stack). The seed fixes the encoder init and the batch order.
     """
+    with default_dtype(tcfg.dtype):
+        return _train_stack(worlds, poolings, seeds, tcfg, device, progress)
+
+
+def _train_stack(
+    worlds: Sequence[SyntheticData], poolings: Sequence[str], seeds: Sequence[int], tcfg: TrainConfig,
+    device: str | torch.device, progress: bool,
+) -> tuple[pd.DataFrame, StackedEncoder]:
     R = len(poolings)
     if not (len(worlds) == len(seeds) == R) or R == 0:
         raise ValueError(f"worlds, poolings, seeds need one entry per run, got {len(worlds)}, {R}, {len(seeds)}")
@@ -170,10 +179,10 @@ def train_stack(
     B, N = tcfg.batch_size, cfg0.n_train
     if N < B:
         raise ValueError(f"n_train={N} must be >= batch_size={B}")
-    Xq = torch.stack([w.train.queries for w in worlds]).to(dev)
-    Xp = torch.stack([w.train.positives for w in worlds]).to(dev)
-    Eq = torch.stack([w.eval.queries for w in worlds]).to(dev)
-    Ed = torch.stack([w.eval.corpus()[0] for w in worlds]).to(dev)
+    Xq = torch.stack([w.train.queries for w in worlds]).to(dev, torch.get_default_dtype())
+    Xp = torch.stack([w.train.positives for w in worlds]).to(dev, torch.get_default_dtype())
+    Eq = torch.stack([w.eval.queries for w in worlds]).to(dev, torch.get_default_dtype())
+    Ed = torch.stack([w.eval.corpus()[0] for w in worlds]).to(dev, torch.get_default_dtype())
     gold = worlds[0].eval.corpus()[1]
     n_gini = min(tcfg.gini_pairs, N)
     torch.manual_seed(int(seeds[0]))
@@ -257,7 +266,8 @@ def run_group(
     ``weights_dir/<run_key>.npz`` (the same key as the cached table)."""
     world, poolings, seeds, tcfg = _unpack(config)
     pairs = [(p, s) for p in poolings for s in seeds]
-    worlds = {s: generate(world.with_(seed=s)) for s in seeds}
+    with default_dtype(tcfg.dtype):
+        worlds = {s: generate(world.with_(seed=s)) for s in seeds}
     df, enc = train_stack([worlds[s] for _, s in pairs], [p for p, _ in pairs], [s for _, s in pairs], tcfg,
                           device, progress)
     if weights_dir is not None:
@@ -290,7 +300,8 @@ def load_group_models(
     if not path.exists():
         raise FileNotFoundError(f"no weights for this group at {path}: run it with run_groups first")
     pairs = [(p, s) for p in poolings for s in seeds]
-    enc = StackedEncoder([s for _, s in pairs], world.dim, tcfg.hidden, tcfg.out_dim)
+    with default_dtype(tcfg.dtype):
+        enc = StackedEncoder([s for _, s in pairs], world.dim, tcfg.hidden, tcfg.out_dim)
     return enc.load_arrays(io.read_npz(path)).to(resolve_device(device)), [p for p, _ in pairs], [s for _, s in pairs]
 
 
@@ -323,7 +334,8 @@ def main_grid(profile: str, world: SyntheticConfig | None = None, sweep: bool = 
     over = p.get("sweep", {}) if sweep else {}
     tcfg = TrainConfig(**{**p["train"], **over.get("train", {})})
     wk = {**p["world"], **over.get("world", {})}
-    return [group_config(world.with_(length=M, **wk), POOLINGS_MAIN, p["seeds"], tcfg) for M in p["lengths"]]
+    lengths = over.get("lengths", p["lengths"])
+    return [group_config(world.with_(length=M, **wk), POOLINGS_MAIN, p["seeds"], tcfg) for M in lengths]
 
 
 #: Sizes per profile (quick: the committed notebooks; paper: PAPER.md settings).
@@ -332,11 +344,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": (0, 1),
         "lengths": LENGTHS,
         "world": {"n_train": 512, "n_eval": 256},
-        "train": {"epochs": 15, "eval_every": 5, "gini_pairs": 64},
-        # the length sweep (Fig 1C, notebook 03) trains smaller stacks in the quick profile
-        "sweep": {"world": {"n_train": 256, "n_eval": 128}, "train": {"epochs": 10}},
-        "frontier": {"poolings": ("topk:1", "topk:2", "topk:16", "softmax:0.03", "softmax:0.1", "softmax:0.3"),
-                     "seeds": (0,), "train": {"epochs": 10}},
+        "train": {"epochs": 15, "eval_every": 5, "gini_pairs": 64, "dtype": PRECISION["quick"]},
+        # the length sweep (Fig 1C, notebook 03; reused by notebook 05) trains smaller stacks, up to M = 128, in
+        # the quick profile (float64 on 2 cores: make test must stay under 25 min on the slowest CPU code path)
+        "sweep": {"world": {"n_train": 256, "n_eval": 128}, "train": {"epochs": 10, "eval_every": 10},
+                  "lengths": (32, 64, 128)},
+        "frontier": {"poolings": ("topk:1", "topk:16", "softmax:0.1", "softmax:0.3"),
+                     "seeds": (0,), "train": {"epochs": 10, "eval_every": 10}},
         "n_cross": 64,  # evaluation queries per corpus in the cross-length table
         "n_inject": 64,  # evaluation queries in the injection sweeps
     },
@@ -344,7 +358,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": (0, 1, 2, 3, 4),
         "lengths": LENGTHS,
         "world": {},
-        "train": {"epochs": 100, "eval_every": 5, "gini_pairs": 256},
+        "train": {"epochs": 100, "eval_every": 5, "gini_pairs": 256, "dtype": PRECISION["paper"]},
         "sweep": {},  # same configs as notebook 02: its M = 64 stack is reused
         "frontier": {"poolings": FRONTIER_POOLINGS, "seeds": (0, 1, 2)},
         "n_cross": 512,
@@ -363,7 +377,7 @@ CALIBRATED: dict[str, Any] = {"n_support": 11, "n_shared": 2, "spike_size": 4}
 
 
 def _cli(args: argparse.Namespace) -> int:
-    cache = Path(args.out) if args.out else io.REPO_ROOT / "results" / "cache" / "synthetic"
+    cache = Path(args.out) if args.out else io.cache_dir("synthetic")
     configs = main_grid(args.profile, sweep=True)
     df = run_groups(configs, cache, device=args.device, executor=args.executor, address=args.ray_address)
     print(summary_table(df).to_string())
@@ -550,8 +564,9 @@ def frontier_config(profile: str, world: SyntheticConfig | None = None) -> dict[
 
 def world_of(config: Mapping[str, Any], seed: int, **changes: Any) -> SyntheticData:
     """The world a group config trains on for ``seed`` (with optional knob changes, e.g. another length)."""
-    world, *_ = _unpack(config)
-    return generate(world.with_(seed=seed, **changes))
+    world, _, _, tcfg = _unpack(config)
+    with default_dtype(tcfg.dtype):
+        return generate(world.with_(seed=seed, **changes))
 
 
 @torch.no_grad()

@@ -175,7 +175,8 @@ def test_zero_patches_is_plain_scoring(pooling):
     Q, D, _, q_mask, d_mask = _world(integer=False, seed=2)
     empty = torch.zeros(4, 0, 8)
     got = score_with_injection(Q, D, pooling, empty, GOLDS["index"], q_mask, d_mask, chunk_size=2)
-    assert torch.equal(got, score_matrix(Q, D, pooling, q_mask, d_mask, chunk_size=2))
+    # another code path (merged pooling over M + 0 patches): equal up to float32 summation order
+    torch.testing.assert_close(got, score_matrix(Q, D, pooling, q_mask, d_mask, chunk_size=2), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -297,14 +298,19 @@ def test_tokens_are_covered_evenly(T, s, n, seed):
 
 
 def test_spike_size_one_copies_tokens_and_nested_draws():
-    tokens = F.normalize(torch.randn(2, 5, 7), dim=-1)
+    tokens = F.normalize(torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0)), dim=-1)
     P, idx = spike_patches(tokens, 5, spike_size=1, return_indices=True, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(P, tokens.gather(1, idx.expand(2, 5, 7)))
     assert sorted(idx[0, :, 0].tolist()) == list(range(5))  # one cycle = one permutation of the tokens
     for noise in (0.0, 0.3):
-        big = spike_patches(tokens, 40, 3, noise=noise, generator=torch.Generator().manual_seed(4))
-        small = spike_patches(tokens, 7, 3, noise=noise, generator=torch.Generator().manual_seed(4))
-        assert torch.equal(big[:, :7], small)  # a K sweep can take prefixes of one draw
+        big, big_idx = spike_patches(tokens, 40, 3, noise=noise, generator=torch.Generator().manual_seed(4),
+                                     return_indices=True)
+        small, small_idx = spike_patches(tokens, 7, 3, noise=noise, generator=torch.Generator().manual_seed(4),
+                                         return_indices=True)
+        # a K sweep can take prefixes of one draw: the same token subsets exactly, the same vectors up to the
+        # summation order of a differently shaped reduction (its last bits follow the CPU's vector width)
+        assert torch.equal(big_idx[:, :7], small_idx)
+        torch.testing.assert_close(big[:, :7], small, rtol=1e-6, atol=1e-6)
 
 
 def test_spike_noise_and_determinism():
