@@ -7,7 +7,7 @@ EXTRAS := real,notebooks,dev,ray
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PAPER_NOTEBOOKS := $(filter-out notebooks/01_%,$(NOTEBOOKS))
 SANITIZE := tests/nbval_sanitize.cfg
-REGEN := build/regen
+REGEN := $(CURDIR)/build/regen
 STRIP := $(PY) -m nbstripout --keep-output --keep-count \
 	--extra-keys "metadata.papermill metadata.widgets cell.metadata.papermill cell.metadata.execution"
 

@@ -18,8 +18,9 @@ MASK = "DECIMAL"  # the replacement of the sanitizer rule that masks decimal num
 _compare_words = IPyNbCell.compare_outputs
 
 
-def _texts(cell: IPyNbCell, outputs: list, skip: set) -> list[str]:
-    """The text outputs nbval compares, sanitized by every rule except the decimal mask."""
+def _texts(cell: IPyNbCell, outputs: list, skip: set) -> list[tuple[str, str]]:
+    """The text outputs nbval compares as (kind, text), sanitized by every rule except the decimal mask; sorted by
+    kind (a kernel and a stored notebook list an output's MIME types in different orders)."""
     rules = [(rx, rep) for rx, rep in cell.parent.sanitize_patterns.items() if rep != MASK]
     out = []
     for o in transform_streams_for_comparison(outputs):
@@ -29,8 +30,8 @@ def _texts(cell: IPyNbCell, outputs: list, skip: set) -> list[str]:
                 continue
             for rx, rep in rules:
                 value = re.sub(rx, rep, value)
-            out.append(value)
-    return out
+            out.append((key, value))
+    return sorted(out, key=lambda kv: kv[0])  # stable: outputs of one kind keep their order
 
 
 def compare_outputs(self: IPyNbCell, test: list, ref: list, skip_compare=None) -> bool:
@@ -38,8 +39,8 @@ def compare_outputs(self: IPyNbCell, test: list, ref: list, skip_compare=None) -
         return False
     skip = set(skip_compare or self.parent.skip_compare)
     problems = []
-    for r, t in zip(_texts(self, ref, skip), _texts(self, test, skip), strict=False):
-        problems += compare_text(r, t)
+    for (kind, r), (_, t) in zip(_texts(self, ref, skip), _texts(self, test, skip), strict=True):
+        problems += [f"{kind}: {p}" for p in compare_text(r, t)]
     if problems:
         self.comparison_traceback.append("numbers outside their regeneration tolerance:\n  " + "\n  ".join(problems))
         return False
