@@ -79,3 +79,19 @@ def test_regenerated_tables_match_the_committed_ones():
     assert not missing, f"not regenerated: {missing}"
     problems = compare_tables(COMMITTED, REGENERATED, common=True)
     assert not problems, "\n".join(problems)
+
+
+def test_precision_per_profile_and_the_default_dtype_switch():
+    import torch
+
+    from spikehijack.device import PRECISION, as_dtype, default_dtype
+    from spikehijack.train import PROFILES
+
+    assert PRECISION == {"quick": "float64", "paper": "float32"}
+    assert all(PROFILES[p]["train"]["dtype"] == PRECISION[p] for p in PRECISION)  # one source for the trainer
+    before = torch.get_default_dtype()
+    with default_dtype("float64") as dt:
+        assert dt is torch.float64 and torch.zeros(1).dtype is torch.float64
+    assert torch.get_default_dtype() is before
+    with pytest.raises(ValueError, match="dtype must be 'float32' or 'float64'"):
+        as_dtype("bfloat16")
