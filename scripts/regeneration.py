@@ -5,7 +5,7 @@
     ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE scripts/run_code_path.sh build/paths/default
     DEVICE=auto scripts/run_code_path.sh build/paths/cuda                        # on a machine with a GPU
     python scripts/regeneration.py build/paths/native build/paths/avx2 build/paths/default build/paths/cuda \\
-        --out reports/quick/regeneration_spread.csv
+        --out reports/regeneration_spread.csv
 
 Prints, per table and column, the largest difference from the first run and the tolerance it must stay under,
 checks every run against the committed tables, and exits 1 when a difference exceeds its tolerance.

@@ -56,7 +56,7 @@ class Tolerance:
 
 
 #: The tolerance table, first match wins. Sizes come from the spread measured across CPU code paths
-#: (ATEN_CPU_CAPABILITY default / avx2 / avx512, MKL_CBWR) and a CUDA GPU: reports/quick/regeneration_spread.csv.
+#: (ATEN_CPU_CAPABILITY default / avx2 / avx512, MKL_CBWR) and a CUDA GPU: reports/regeneration_spread.csv.
 TOLERANCES: tuple[Tolerance, ...] = (
     Tolerance("claims_*.csv", "*", 1.01e-4, 0.0, "claims tables round ours and its interval to 4 decimals "
               "(stats.claim_row): a value next to a rounding boundary moves by one unit, 1e-4"),
@@ -188,20 +188,21 @@ def spread(folders: Sequence[str | os.PathLike], labels: Sequence[str] | None = 
     the run lacks the table) and whether the table's text cells (verdicts, labels) were identical (None: lacks it).
     """
     labels = list(labels) if labels is not None else [Path(f).name for f in folders]
-    ref = Path(folders[0])
-    rows = []
-    for path in sorted(ref.glob("*.csv")):
+    rows, same = [], {label: {} for label in labels[1:]}
+    for path in sorted(Path(folders[0]).glob("*.csv")):
         base = pd.read_csv(path)
-        row_text = {}
-        for other, label in zip(folders[1:], labels[1:], strict=True):
-            p = Path(other) / path.name
-            row_text[label] = pd.read_csv(p) if p.exists() else None
+        others = {label: pd.read_csv(Path(f) / path.name) if (Path(f) / path.name).exists() else None
+                  for f, label in zip(folders[1:], labels[1:], strict=True)}
+        text = [c for c in base.columns if not pd.api.types.is_numeric_dtype(base[c])]
+        for label, other in others.items():
+            same[label][path.name] = None if other is None else len(other) == len(base) and all(
+                c in other and _as_text(base[c]) == _as_text(other[c]) for c in text)
         for col in base.columns:
-            if not pd.api.types.is_numeric_dtype(base[col]):
+            if col in text:
                 continue
             tol = tolerance_for(path.name, col)
             row = {"table": path.name, "column": col, "atol": tol.atol, "rtol": tol.rtol}
-            for label, other in row_text.items():
+            for label, other in others.items():
                 if other is None or col not in other or len(other) != len(base):
                     row[label] = float("nan")
                     continue
@@ -210,14 +211,6 @@ def spread(folders: Sequence[str | os.PathLike], labels: Sequence[str] | None = 
                 row[label] = float(d[~both_nan].max()) if bool((~both_nan).any()) else 0.0
             rows.append(row)
     out = pd.DataFrame(rows)
-    for label, other in zip(labels[1:], folders[1:], strict=True):
-        same = []
-        for path in sorted(ref.glob("*.csv")):
-            p = Path(other) / path.name
-            x = pd.read_csv(path)
-            y = pd.read_csv(p) if p.exists() else None
-            text = [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
-            same.append((path.name, None if y is None else len(y) == len(x) and all(
-                c in y and _as_text(x[c]) == _as_text(y[c]) for c in text)))
-        out[f"{label}_text_equal"] = out["table"].map(dict(same))
+    for label, tables in same.items():
+        out[f"{label}_text_equal"] = out["table"].map(tables)
     return out

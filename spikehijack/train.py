@@ -179,10 +179,11 @@ def _train_stack(
     B, N = tcfg.batch_size, cfg0.n_train
     if N < B:
         raise ValueError(f"n_train={N} must be >= batch_size={B}")
-    Xq = torch.stack([w.train.queries for w in worlds]).to(dev, torch.get_default_dtype())
-    Xp = torch.stack([w.train.positives for w in worlds]).to(dev, torch.get_default_dtype())
-    Eq = torch.stack([w.eval.queries for w in worlds]).to(dev, torch.get_default_dtype())
-    Ed = torch.stack([w.eval.corpus()[0] for w in worlds]).to(dev, torch.get_default_dtype())
+    dt = torch.get_default_dtype()  # tcfg.dtype (train_stack)
+    Xq = torch.stack([w.train.queries for w in worlds]).to(dev, dt)
+    Xp = torch.stack([w.train.positives for w in worlds]).to(dev, dt)
+    Eq = torch.stack([w.eval.queries for w in worlds]).to(dev, dt)
+    Ed = torch.stack([w.eval.corpus()[0] for w in worlds]).to(dev, dt)
     gold = worlds[0].eval.corpus()[1]
     n_gini = min(tcfg.gini_pairs, N)
     torch.manual_seed(int(seeds[0]))
@@ -266,8 +267,7 @@ def run_group(
     ``weights_dir/<run_key>.npz`` (the same key as the cached table)."""
     world, poolings, seeds, tcfg = _unpack(config)
     pairs = [(p, s) for p in poolings for s in seeds]
-    with default_dtype(tcfg.dtype):
-        worlds = {s: generate(world.with_(seed=s)) for s in seeds}
+    worlds = {s: world_of(config, s) for s in seeds}
     df, enc = train_stack([worlds[s] for _, s in pairs], [p for p, _ in pairs], [s for _, s in pairs], tcfg,
                           device, progress)
     if weights_dir is not None:
