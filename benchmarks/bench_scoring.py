@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from spikehijack import io
-from spikehijack.scoring import AUTO_CHUNK_ELEMENTS, _top_k, auto_chunk_size, score_matrix
+from spikehijack.core.scoring import AUTO_CHUNK_ELEMENTS, _top_k, auto_chunk_size, score_matrix
 
 CORPORA = [(32, 1000, 512, 128), (16, 2000, 256, 128), (32, 200, 1024, 128)]  # (T, N, M, d)
 POOLINGS = ["maxsim", "topk:4", "softmax:0.1"]
@@ -145,11 +145,11 @@ def memory_rows(N: int, batch: int, threads: int, quick: bool = False) -> pd.Dat
 
 
 def _encoder() -> tuple[torch.nn.Module, str]:
-    """The synthetic world's encoder (spikehijack.model) or, before it exists, an equivalent 3-layer MLP."""
+    """The synthetic world's encoder (spikehijack.worlds.model) or, before it exists, an equivalent 3-layer MLP."""
     try:
-        from spikehijack.model import Encoder
+        from spikehijack.worlds.model import Encoder
 
-        return Encoder(in_dim=16, hidden=64, out_dim=16, seed=0), "spikehijack.model.Encoder"
+        return Encoder(in_dim=16, hidden=64, out_dim=16, seed=0), "spikehijack.worlds.model.Encoder"
     except ImportError:
         torch.manual_seed(0)
         mlp = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
@@ -213,9 +213,9 @@ def selection_rows(runs: int, lengths=(32, 64, 128, 256), ks=(1, 4, 16), rows: i
 
 def steps_per_second(length: int = 64, runs: int = 5, pooling: str = "maxsim", seconds: float = 3.0) -> float:
     """Measured training steps per second of one stack of ``runs`` runs (B = 64) at ``length``."""
-    from spikehijack.model import StackedEncoder
-    from spikehijack.synthetic import SyntheticConfig, generate
-    from spikehijack.train import stacked_infonce, stacked_scores
+    from spikehijack.runner.train import stacked_infonce, stacked_scores
+    from spikehijack.worlds.model import StackedEncoder
+    from spikehijack.worlds.synthetic import SyntheticConfig, generate
 
     world = generate(SyntheticConfig(length=length, n_train=256, n_eval=64))
     enc = StackedEncoder(list(range(runs)))
@@ -235,8 +235,8 @@ def steps_per_second(length: int = 64, runs: int = 5, pooling: str = "maxsim", s
 def grid_rows(lengths=(32, 64, 128, 256), seconds: float = 3.0) -> pd.DataFrame:
     """One 5-seed stack per pooling and length of the paper-profile synthetic grid: training steps/s and the
     seconds of one evaluation (512 queries against 1,024 documents), then the grid's wall time from them."""
-    from spikehijack import train
-    from spikehijack.synthetic import generate
+    from spikehijack.runner import train
+    from spikehijack.worlds.synthetic import generate
 
     tcfg = train.TrainConfig()
     epochs, evals = tcfg.epochs, tcfg.epochs // tcfg.eval_every + 1

@@ -1,6 +1,6 @@
 """Wall time of one small synthetic grid with the local and the Ray sweep executors.
 
-Each group trains 3 poolings x 1 seed as one stack (spikehijack.train.run_group), shrunk from the quick
+Each group trains 3 poolings x 1 seed as one stack (spikehijack.runner.train.run_group), shrunk from the quick
 profile (fewer epochs and training pairs) so the whole benchmark takes a few minutes on 2 cores. Rows:
 
 - local: the runs one after another in this process, torch using ``--threads`` threads;
@@ -23,7 +23,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from spikehijack import sweeps, train  # noqa: E402
+from spikehijack import train  # noqa: E402
+from spikehijack.runner import sweeps
 
 
 def small_grid(lengths, seeds, epochs: int, n_train: int) -> list[dict]:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows.append(("ray (cold: start + stop)", cores, 1, wall))
     diff = (tab["value"] - ref["value"]).abs().max()
 
-    from spikehijack.distributed import ray_session
+    from spikehijack.runner.distributed import ray_session
 
     t0 = time.perf_counter()
     with ray_session(num_cpus=cores):

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from spikehijack.io import REPO_ROOT, write_csv
-from spikehijack.regeneration import compare_tables, spread
+from spikehijack.reporting.regeneration import compare_tables, spread
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from spikehijack.chapters.ch06_report import MARKERS, TRACKED, extract_block, readme_block, sync_tables, update_readme
 from spikehijack.io import REPO_ROOT, results_dir
-from spikehijack.regeneration import compare_tables
-from spikehijack.report import MARKERS, TRACKED, extract_block, readme_block, sync_tables, update_readme
+from spikehijack.reporting.regeneration import compare_tables
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Modules that define add_cli(subparsers); imported lazily so `--help` stays fast.
-_COMMAND_MODULES: list[str] = ["train", "real", "colqwen"]
+_COMMAND_MODULES: list[str] = ["runner.train", "chapters.ch04_real", "worlds.colqwen"]
 
 
 def build_parser() -> argparse.ArgumentParser:

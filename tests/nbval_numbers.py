@@ -2,8 +2,8 @@
 
 nbval compares each stored output with the rerun after ``tests/nbval_sanitize.cfg``, whose last rule masks every
 decimal number: so nbval checks the words, layout, verdicts and integers exactly. This plugin then compares the
-masked numbers themselves, pairwise and in order, with ``spikehijack.regeneration.compare_text`` (the tolerance
-table's text row). Loaded with ``pytest -p tests.nbval_numbers``.
+masked numbers themselves, pairwise and in order, with ``spikehijack.reporting.regeneration.compare_text`` (the
+tolerance table's text row). Loaded with ``pytest -p tests.nbval_numbers``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import re
 
 from nbval.plugin import IPyNbCell, transform_streams_for_comparison
 
-from spikehijack.regeneration import compare_text
+from spikehijack.reporting.regeneration import compare_text
 
 MASK = "DECIMAL"  # the replacement of the sanitizer rule that masks decimal numbers
 _compare_words = IPyNbCell.compare_outputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from hypothesis import strategies as st
 
-from spikehijack.pooling import pool
+from spikehijack.core.pooling import pool
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 8))  # (B, T, M)
 seeds = st.integers(0, 2**31 - 1)
@@ -40,7 +40,7 @@ def assert_patch_permutation_invariant(S: torch.Tensor, mask: torch.Tensor, spec
 
 def assert_masked_values_are_ignored(S: torch.Tensor, mask: torch.Tensor, spec: str, junk: float) -> None:
     """Filling the masked patches of S [B, T, M] with ``junk`` changes no value, gradient or selection."""
-    from spikehijack.pooling import jacobian, selection
+    from spikehijack.core.pooling import jacobian, selection
 
     S2 = S.masked_fill(~mask.unsqueeze(1), junk)
     torch.testing.assert_close(pool(S2, spec, mask), pool(S, spec, mask), rtol=1e-12, atol=1e-12)

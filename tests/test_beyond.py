@@ -1,4 +1,4 @@
-"""Notebook 05's experiment logic (spikehijack.beyond) on tiny problems: tables, summaries, verdicts."""
+"""Notebook 05's experiment logic (spikehijack.chapters.ch05_beyond) on tiny problems: tables, summaries, verdicts."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikehijack import beyond, inject
-from spikehijack.metrics import recall_at_k
-from spikehijack.model import StackedEncoder
-from spikehijack.scoring import score_matrix
-from spikehijack.synthetic import SyntheticConfig, generate
+from spikehijack.chapters import ch05_beyond as beyond
+from spikehijack.core import inject
+from spikehijack.core.metrics import recall_at_k
+from spikehijack.core.scoring import score_matrix
+from spikehijack.worlds.model import StackedEncoder
+from spikehijack.worlds.synthetic import SyntheticConfig, generate
 
 POOLS = ["maxsim", "softmax:1", "capacity:1:0.05:10", "trimmed:3:1"]
 

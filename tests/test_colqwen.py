@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from spikehijack import colqwen, real
+from spikehijack.chapters import ch04_real as real
+from spikehijack.worlds import colqwen
 
 IMAGE_TOKEN = 7
 

@@ -20,8 +20,8 @@ import pytest
 import sweep_fixtures as fx
 
 ray = pytest.importorskip("ray")
-distributed = importlib.import_module("spikehijack.distributed")
-from spikehijack.sweeps import run_grid  # noqa: E402
+distributed = importlib.import_module("spikehijack.runner.distributed")
+from spikehijack.runner.sweeps import run_grid  # noqa: E402
 
 GRID = [{"x": x} for x in range(5)]
 
@@ -51,9 +51,9 @@ def _all_exited(pids: set[int], timeout: float = 15.0) -> bool:
 
 def test_import_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.delitem(sys.modules, "spikehijack.distributed")
+    monkeypatch.delitem(sys.modules, "spikehijack.runner.distributed")
     with pytest.raises(ImportError, match=r"pip install -e \.\[ray\]"):
-        importlib.import_module("spikehijack.distributed")
+        importlib.import_module("spikehijack.runner.distributed")
 
 
 def test_bad_options_are_rejected(tmp_path):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spikehijack import encoders
-from spikehijack.encoders import EmbeddingCache, Encoder, MiniLMPhrases, MiniLMTokens
+from spikehijack.worlds import encoders
+from spikehijack.worlds.encoders import EmbeddingCache, Encoder, MiniLMPhrases, MiniLMTokens
 
 PHRASES = ["Seizure", "Small head", "Intellectual disability", "Wide-set eyes"]
 

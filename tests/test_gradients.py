@@ -1,4 +1,4 @@
-"""Closed-form gradients of the score (spikehijack.gradients) against autograd, in float64, with masks."""
+"""Closed-form gradients of the score (spikehijack.core.gradients) against autograd, in float64, with masks."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikehijack.gradients import pooling_jacobian, score_grad_documents, score_grad_queries
-from spikehijack.scoring import score_pairs
+from spikehijack.core.gradients import pooling_jacobian, score_grad_documents, score_grad_queries
+from spikehijack.core.scoring import score_pairs
 
 SPECS = [
     "maxsim", "topk:1", "topk:2", "topk:5", "topk:100",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikehijack import hpo
+from spikehijack.worlds import hpo
 
 FIX = Path(__file__).parent / "fixtures" / "hpo"
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikehijack.inject import (
+from spikehijack.core.inject import (
     ArgmaxShift,
     argmax_shift,
     gaussian_patches,
@@ -22,8 +22,8 @@ from spikehijack.inject import (
     spike_patches,
     top_nongold_documents,
 )
-from spikehijack.pooling import MaxSim, Mean, Pooling, Softmax, TopK, parse_pooling, selection
-from spikehijack.scoring import pool_similarity_block, score_matrix
+from spikehijack.core.pooling import MaxSim, Mean, Pooling, Softmax, TopK, parse_pooling, selection
+from spikehijack.core.scoring import pool_similarity_block, score_matrix
 
 
 class Coupled(Pooling):
@@ -257,7 +257,7 @@ def test_inject_corpus_counts():
 
 
 def test_auto_chunking_matches_single_block(monkeypatch):
-    import spikehijack.inject as inject
+    import spikehijack.core.inject as inject
 
     Q, D, inj, q_mask, d_mask = _world(integer=False)
     full = [score_with_injection(Q, D, p, inj, GOLDS["index"], q_mask, d_mask) for p in POOLINGS]

@@ -1,4 +1,4 @@
-"""Gini coefficient, patch-gradient norms and retrieval metrics (spikehijack.metrics)."""
+"""Gini coefficient, patch-gradient norms and retrieval metrics (spikehijack.core.metrics)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikehijack.gradients import score_grad_documents
-from spikehijack.metrics import gini, gold_rank, mrr, ndcg_at_k, patch_gradient_norms, recall_at_k, retrieval_metrics
-from spikehijack.scoring import score_matrix
+from spikehijack.core.gradients import score_grad_documents
+from spikehijack.core.metrics import (
+    gini,
+    gold_rank,
+    mrr,
+    ndcg_at_k,
+    patch_gradient_norms,
+    recall_at_k,
+    retrieval_metrics,
+)
+from spikehijack.core.scoring import score_matrix
 
 seeds = st.integers(0, 2**31 - 1)
 lengths = st.integers(1, 40)

@@ -1,4 +1,4 @@
-"""Mathematical properties of the poolings phi (spikehijack.pooling), in float64."""
+"""Mathematical properties of the poolings phi (spikehijack.core.pooling), in float64."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pooling_cases import (
     shapes,
 )
 
-from spikehijack.pooling import available_poolings, jacobian, parse_pooling, pool, selection
+from spikehijack.core.pooling import available_poolings, jacobian, parse_pooling, pool, selection
 
 SPECS = ["maxsim", "topk:1", "topk:3", "topk:50", "softmax:0.05", "softmax:1", "softmax:20", "mean"]
 

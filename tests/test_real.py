@@ -10,9 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikehijack import hpo, inject, real
-from spikehijack.metrics import gini
-from spikehijack.scoring import pad, score_matrix
+from spikehijack.chapters import ch04_real as real
+from spikehijack.core import inject
+from spikehijack.core.metrics import gini
+from spikehijack.core.scoring import pad, score_matrix
+from spikehijack.worlds import hpo
 
 FIX = Path(__file__).parent / "fixtures" / "hpo"
 

@@ -1,4 +1,4 @@
-"""The regeneration contract (spikehijack.regeneration): exact words, numbers within declared tolerances."""
+"""The regeneration contract (spikehijack.reporting.regeneration): exact words, numbers within declared tolerances."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from spikehijack.io import REPO_ROOT, results_dir
-from spikehijack.regeneration import (
+from spikehijack.reporting.regeneration import (
     TOLERANCES,
     compare_table,
     compare_tables,
@@ -84,8 +84,8 @@ def test_regenerated_tables_match_the_committed_ones():
 def test_precision_per_profile_and_the_default_dtype_switch():
     import torch
 
-    from spikehijack.device import PRECISION, as_dtype, default_dtype
-    from spikehijack.train import PROFILES
+    from spikehijack.core.device import PRECISION, as_dtype, default_dtype
+    from spikehijack.runner.train import PROFILES
 
     assert PRECISION == {"quick": "float64", "paper": "float32"}
     assert all(PROFILES[p]["train"]["dtype"] == PRECISION[p] for p in PRECISION)  # one source for the trainer

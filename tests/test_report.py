@@ -1,4 +1,4 @@
-"""The reproduction report (spikehijack.report) and the README results table generated from it."""
+"""The reproduction report (spikehijack.chapters.ch06_report) and the README results table generated from it."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from spikehijack.io import REPO_ROOT, write_csv
-from spikehijack.regeneration import compare_tables
-from spikehijack.report import (
+from spikehijack.chapters.ch06_report import (
     END,
     START,
     claim_number,
@@ -26,7 +24,9 @@ from spikehijack.report import (
     update_readme,
     verdict_summary,
 )
-from spikehijack.stats import claim_row
+from spikehijack.io import REPO_ROOT, write_csv
+from spikehijack.reporting.regeneration import compare_tables
+from spikehijack.reporting.stats import claim_row
 
 TRACKED = REPO_ROOT / "reports" / "quick"
 TRACKED_BY_PROFILE = {"quick": TRACKED, "paper": REPO_ROOT / "reports" / "paper" / "tables"}

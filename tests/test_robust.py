@@ -1,4 +1,4 @@
-"""Poolings beyond the paper (spikehijack.robust): properties, limits, gradients and validation, in float64."""
+"""Poolings beyond the paper (spikehijack.core.robust): properties, limits, gradients and validation, in float64."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pooling_cases import (
     shapes,
 )
 
-from spikehijack.pooling import available_poolings, jacobian, parse_pooling, pool, selection
-from spikehijack.robust import Capacity, expected_max_normal, expected_max_normal_tensor
-from spikehijack.scoring import pad, score_matrix, score_pairs
+from spikehijack.core.pooling import available_poolings, jacobian, parse_pooling, pool, selection
+from spikehijack.core.robust import Capacity, expected_max_normal, expected_max_normal_tensor
+from spikehijack.core.scoring import pad, score_matrix, score_pairs
 
 SPECS = [
     "lcmaxsim", "lcmaxsim:0.25", "trimmed:1:0", "trimmed:4:1", "trimmed:3:2", "medtopk:1", "medtopk:4",

@@ -1,4 +1,4 @@
-"""Late-interaction scoring (spikehijack.scoring) against an independent brute-force reference, in float64."""
+"""Late-interaction scoring (spikehijack.core.scoring) against an independent brute-force reference, in float64."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikehijack.scoring import pad, score_matrix, score_pairs, similarities
+from spikehijack.core.scoring import pad, score_matrix, score_pairs, similarities
 
 SPECS = ["maxsim", "topk:1", "topk:2", "topk:40", "softmax:0.1", "softmax:2", "mean"]
 
@@ -198,8 +198,8 @@ def test_gradients_equal_autograd_through_the_definitions(shape, seed, spec, chu
 def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties):
     """scoring._top_k: the mean of the k largest (ties counted once each), its selection weights, and None
     exactly when a row has fewer than k real patches (or, with weights, when a tie makes the choice ambiguous)."""
-    from spikehijack.pooling import parse_pooling
-    from spikehijack.scoring import _top_k
+    from spikehijack.core.pooling import parse_pooling
+    from spikehijack.core.scoring import _top_k
 
     g = torch.Generator().manual_seed(seed)
     S = torch.randn(rows, M, generator=g, dtype=torch.float64)
@@ -228,7 +228,7 @@ def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties
 def test_both_top_k_strategies_give_the_same_bits(rows, M, k, seed, ties):
     """The amax passes and torch.topk (chosen per machine by speed) add the same values in the same order: equal
     values, weights and None cases, so the choice never changes a number."""
-    from spikehijack.scoring import _top_k, _top_k_sorted
+    from spikehijack.core.scoring import _top_k, _top_k_sorted
 
     g = torch.Generator().manual_seed(seed)
     S = torch.randn(rows, M, generator=g, dtype=torch.float64)

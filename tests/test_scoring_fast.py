@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import spikehijack.scoring as scoring
-from spikehijack.pooling import parse_pooling
-from spikehijack.scoring import score_matrix
+import spikehijack.core.scoring as scoring
+from spikehijack.core.pooling import parse_pooling
+from spikehijack.core.scoring import score_matrix
 
 SPECS = ["maxsim", "topk:1", "topk:3", "topk:50", "softmax:0.05", "softmax:1", "mean"]
 
@@ -112,7 +112,7 @@ def test_softmax_is_stable_for_large_similarities_and_tiny_tau():
 
 
 def test_other_poolings_keep_their_own_path_and_chunking_does_not_change_them(monkeypatch):
-    from spikehijack.robust import robust_poolings
+    from spikehijack.core.robust import robust_poolings
 
     Q, D, qm, dm = batch(Nd=5)
     monkeypatch.setattr(scoring, "AUTO_CHUNK_ELEMENTS", 100)  # one or two documents per chunk

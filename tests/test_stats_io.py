@@ -1,4 +1,4 @@
-"""Persistence (spikehijack.io), statistics (spikehijack.stats) and cached sweeps (spikehijack.sweeps)."""
+"""Persistence (spikehijack.io), statistics (reporting.stats) and cached sweeps (runner.sweeps)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spikehijack import io, stats
-from spikehijack.sweeps import load_cached, run_grid, run_key
+from spikehijack import io
+from spikehijack.reporting import stats
+from spikehijack.runner.sweeps import load_cached, run_grid, run_key
 
 # ---------------------------------------------------------------- io
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikehijack.synthetic import (
+from spikehijack.worlds.synthetic import (
     FILLER,
     SHARED,
     SPIKE,

@@ -1,4 +1,4 @@
-"""Noise-extreme closed forms and controlled gradient-concentration experiments (spikehijack.theory)."""
+"""Noise-extreme closed forms and controlled gradient-concentration experiments (spikehijack.chapters.ch01_theory)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import integrate
 
-from spikehijack import theory as th
-from spikehijack.metrics import gini
+from spikehijack.chapters import ch01_theory as th
+from spikehijack.core.metrics import gini
 
 
 def sample_noise(n: int, M: int, d: int, seed: int) -> torch.Tensor:

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spikehijack import sweeps, train
-from spikehijack.metrics import patch_gradient_norms
-from spikehijack.model import Encoder, StackedEncoder
-from spikehijack.scoring import score_matrix
-from spikehijack.synthetic import SyntheticConfig, generate
-from spikehijack.train import TrainConfig, stacked_patch_gradient_norms, stacked_scores, train_stack
+from spikehijack.core.metrics import patch_gradient_norms
+from spikehijack.core.scoring import score_matrix
+from spikehijack.runner import sweeps, train
+from spikehijack.runner.train import TrainConfig, stacked_patch_gradient_norms, stacked_scores, train_stack
+from spikehijack.worlds.model import Encoder, StackedEncoder
+from spikehijack.worlds.synthetic import SyntheticConfig, generate
 
 POOLINGS = ["maxsim", "topk:3", "softmax:0.5", "softmax:1", "mean"]
 TINY = SyntheticConfig(length=16, n_support=6, n_train=256, n_eval=64, seed=0)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikehijack import stats
-from spikehijack.device import resolve_device
-from spikehijack.gradients import pooling_jacobian, score_grad_documents, score_grad_queries
-from spikehijack.metrics import gini, infonce_loss, mrr, ndcg_at_k, patch_gradient_norms, recall_at_k
-from spikehijack.pooling import Softmax, TopK, available_poolings, jacobian, parse_pooling, pool, selection
-from spikehijack.scoring import pad, score_matrix, score_pairs, similarities
-from spikehijack.sweeps import get_executor, run_grid
+from spikehijack.core.device import resolve_device
+from spikehijack.core.gradients import pooling_jacobian, score_grad_documents, score_grad_queries
+from spikehijack.core.metrics import gini, infonce_loss, mrr, ndcg_at_k, patch_gradient_norms, recall_at_k
+from spikehijack.core.pooling import Softmax, TopK, available_poolings, jacobian, parse_pooling, pool, selection
+from spikehijack.core.scoring import pad, score_matrix, score_pairs, similarities
+from spikehijack.reporting import stats
+from spikehijack.runner.sweeps import get_executor, run_grid
 
 Q = torch.randn(2, 3, 4)
 D = torch.randn(2, 5, 4)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import check_positive_int
+from ..core.checks import check_positive_int
 
 #: Root of the "Phenotypic abnormality" sub-ontology.
 PHENOTYPIC_ABNORMALITY = "HP:0000118"

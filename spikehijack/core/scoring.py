@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_mask, check_positive_int, check_tensor
+from .checks import check_mask, check_positive_int, check_tensor
 from .pooling import MaxSim, Mean, Pooling, Softmax, TopK, parse_pooling
 
 
@@ -33,7 +33,7 @@ def check_queries_documents(
     check_mask("d_mask", d_mask, tuple(D.shape[:2]), "document")
 
 
-def _sum_tokens(phi: Tensor, q_mask: Tensor | None) -> Tensor:
+def sum_tokens(phi: Tensor, q_mask: Tensor | None) -> Tensor:
     """phi [Nq, T, ...] -> [Nq, ...], dropping padded query tokens, accumulated in float32 or wider."""
     if phi.dtype in (torch.float16, torch.bfloat16):
         phi = phi.float()
@@ -43,7 +43,7 @@ def _sum_tokens(phi: Tensor, q_mask: Tensor | None) -> Tensor:
     return phi.sum(1)
 
 
-def _pool_low_precision(S: Tensor) -> Tensor:
+def widen_low_precision(S: Tensor) -> Tensor:
     return S.float() if S.dtype in (torch.float16, torch.bfloat16) else S
 
 
@@ -64,7 +64,7 @@ def _similarities(Dc: Tensor, q: Tensor, out: Tensor | None = None) -> Tensor:
     ``out`` when given (low precision is then converted to out's float32)."""
     qn = q.expand(Dc.shape[0], *q.shape)
     if out is None:
-        return _pool_low_precision(torch.bmm(qn, Dc.transpose(1, 2)))
+        return widen_low_precision(torch.bmm(qn, Dc.transpose(1, 2)))
     if out.dtype != Dc.dtype:
         return out.copy_(torch.bmm(qn, Dc.transpose(1, 2)))
     return torch.bmm(qn, Dc.transpose(1, 2), out=out)
@@ -273,13 +273,13 @@ def score_matrix(
             phi = _pool_chunk(p, Dc, q_flat, None if m is None else m.unsqueeze(1), grad, buf)
             phi = phi.view(n, Nq, T).permute(1, 2, 0)  # [Nq, T, n]
         else:
-            S = _pool_low_precision((q_flat @ Dc.reshape(n * M, d).T).view(Nq, T, n, M))
+            S = widen_low_precision((q_flat @ Dc.reshape(n * M, d).T).view(Nq, T, n, M))
             if p.token_wise:
                 phi = p.reduce(S, m)  # [Nq, T, n]; m [n, M] broadcasts over [Nq, T]
             else:  # poolings that couple tokens need S as [Nq, n, T, M]
                 mm = None if m is None else m[None, :, None, :]
                 phi = p.pool_tokens(S.permute(0, 2, 1, 3), mm).permute(0, 2, 1)
-        out.append(_sum_tokens(phi, q_mask))
+        out.append(sum_tokens(phi, q_mask))
     return torch.cat(out, dim=1)
 
 
@@ -295,9 +295,9 @@ def score_pairs(
     check_queries_documents(Q, D, q_mask, d_mask)
     if Q.shape[0] != D.shape[0]:
         raise ValueError(f"score_pairs needs as many queries as documents, got Q {Q.shape[0]}, D {D.shape[0]}")
-    S = _pool_low_precision(torch.bmm(Q, D.transpose(1, 2)))  # [N, T, M]
+    S = widen_low_precision(torch.bmm(Q, D.transpose(1, 2)))  # [N, T, M]
     m = None if d_mask is None else d_mask.unsqueeze(1)
-    return _sum_tokens(p.pool_tokens(S, m), q_mask)
+    return sum_tokens(p.pool_tokens(S, m), q_mask)
 
 
 def similarities(Q: Tensor, D: Tensor) -> Tensor:
@@ -335,7 +335,7 @@ def pool_similarity_block(pooling: str | Pooling, S: Tensor, mask: Tensor | None
 
     ``mask`` (bool, True = real patch) must be 4-D and broadcastable to [Nq, 1, n, M]. Token-wise poolings
     reduce the last axis in place; token-coupled ones (``Pooling.token_wise`` False) see S as [Nq, n, T, M].
-    Shared by the chunk loops that build their own blocks (e.g. ``spikehijack.inject``).
+    Shared by the chunk loops that build their own blocks (e.g. ``spikehijack.core.inject``).
     """
     p = parse_pooling(pooling)
     if mask is not None and mask.ndim != 4:

@@ -1,6 +1,6 @@
 """The ``"ray"`` sweep executor: one Ray task per run, results written by the driver into the shared cache.
 
-``run_ray`` follows the ``Executor`` protocol of spikehijack.sweeps: ``run_grid(..., executor="ray")`` hands
+``run_ray`` follows the ``Executor`` protocol of spikehijack.runner.sweeps: ``run_grid(..., executor="ray")`` hands
 it the pending ``(key, config)`` pairs. Each run becomes one Ray task named ``run-<key>`` that only computes
 and returns its table; the driver consumes results with ``ray.wait`` as they finish and passes them to
 ``on_result``, which writes the cache atomically. A task never touches the cache, so resubmitting it is
@@ -37,7 +37,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ra
 
 import pandas as pd
 
-from ._checks import check_positive_float, check_positive_int
+from ..core.checks import check_positive_float, check_positive_int
 
 __all__ = ["gpus_per_run", "ray_session", "run_ray"]
 

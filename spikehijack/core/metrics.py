@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_mask, check_positive_int, check_tensor
+from .checks import check_mask, check_positive_int, check_tensor
 from .pooling import Pooling, parse_pooling
 from .scoring import check_queries_documents, score_matrix, score_pairs
 
@@ -96,7 +96,7 @@ def patch_gradient_norms(
     return g if d_mask is None else g.masked_fill(~d_mask, 0.0)
 
 
-def _relevance(scores: Tensor, gold: Tensor) -> Tensor:
+def relevance_mask(scores: Tensor, gold: Tensor) -> Tensor:
     check_tensor("scores", scores, ndim=2)
     if not isinstance(gold, Tensor):
         raise TypeError(f"gold must be a LongTensor [Nq] or a bool tensor [Nq, Nd], got {type(gold).__name__}")
@@ -117,13 +117,13 @@ def _relevance(scores: Tensor, gold: Tensor) -> Tensor:
 
 def ranked_relevance(scores: Tensor, gold: Tensor) -> Tensor:
     """Relevance of the documents in ranked order [Nq, Nd] (bool); ties ranked non-relevant first."""
-    rel = _relevance(scores, gold)
+    rel = relevance_mask(scores, gold)
     order = torch.sort(rel.to(torch.uint8), dim=1, stable=True).indices  # non-relevant first
     order = order.gather(1, torch.sort(-scores.gather(1, order), dim=1, stable=True).indices)
     return rel.gather(1, order)
 
 
-def _reduce(x: Tensor, reduction: Reduction) -> Tensor:
+def apply_reduction(x: Tensor, reduction: Reduction) -> Tensor:
     if reduction == "mean":
         return x.mean()
     if reduction == "none":
@@ -156,18 +156,18 @@ def _ndcg(rr: Tensor, k: int) -> Tensor:
 def recall_at_k(scores: Tensor, gold: Tensor, k: int = 1, reduction: Reduction = "mean") -> Tensor:
     """Share of each query's relevant documents found in the top k (hit rate for one gold)."""
     check_positive_int("k", k)
-    return _reduce(_recall(ranked_relevance(scores, gold).float(), k), reduction)
+    return apply_reduction(_recall(ranked_relevance(scores, gold).float(), k), reduction)
 
 
 def mrr(scores: Tensor, gold: Tensor, reduction: Reduction = "mean") -> Tensor:
     """Mean reciprocal rank of the first relevant document."""
-    return _reduce(1.0 / gold_rank(scores, gold).float(), reduction)
+    return apply_reduction(1.0 / gold_rank(scores, gold).float(), reduction)
 
 
 def ndcg_at_k(scores: Tensor, gold: Tensor, k: int = 5, reduction: Reduction = "mean") -> Tensor:
     """nDCG@k with binary relevance."""
     check_positive_int("k", k)
-    return _reduce(_ndcg(ranked_relevance(scores, gold).float(), k), reduction)
+    return apply_reduction(_ndcg(ranked_relevance(scores, gold).float(), k), reduction)
 
 
 def retrieval_metrics(scores: Tensor, gold: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import REPO_ROOT, atomic_write, results_dir
+from ..io import REPO_ROOT, atomic_write, results_dir
 
 #: README markers per profile: the quick block (``make reproduce``) and the paper block (``make paper``).
 MARKERS = {"quick": ("<!-- results:start -->", "<!-- results:end -->"),

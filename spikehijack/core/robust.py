@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ._checks import check_positive_float, check_positive_int
+from .checks import check_positive_float, check_positive_int
 from .pooling import (
     MaxSim,
     Pooling,

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from scipy import integrate
 from scipy import stats as _st
 
-from ._checks import check_positive_float, check_positive_int, check_tensor
-from .gradients import score_grad_documents, score_grad_queries
-from .metrics import gini, patch_gradient_norms
-from .pooling import jacobian, parse_pooling, pool
-from .scoring import score_pairs
-from .stats import mean_ci
+from ..core.checks import check_positive_float, check_positive_int, check_tensor
+from ..core.gradients import score_grad_documents, score_grad_queries
+from ..core.metrics import gini, patch_gradient_norms
+from ..core.pooling import jacobian, parse_pooling, pool
+from ..core.scoring import score_pairs
+from ..reporting.stats import mean_ci
 
 EULER_GAMMA = 0.5772156649015329
 MAX_METHODS = ("exact", "gumbel", "leading", "normal")
@@ -81,7 +81,7 @@ def expected_max_noise(M: int | Sequence[int] | np.ndarray, d: int, method: str 
     if method == "exact":
         return expected_topk_noise(M, 1, d)
     if method == "normal":
-        from .robust import expected_max_normal
+        from ..core.robust import expected_max_normal
 
         return expected_max_normal(M) / math.sqrt(d)
     a = math.sqrt(2 * math.log(M))

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ._checks import check_positive_float, check_positive_int, check_tensor
+from .checks import check_positive_float, check_positive_int, check_tensor
 
 _REGISTRY: dict[str, Callable[[str | None], Pooling]] = {}
 

@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_mask, check_positive_int, check_tensor
-from .metrics import Reduction, _reduce, _relevance
+from .checks import check_mask, check_positive_int, check_tensor
+from .metrics import Reduction, apply_reduction, relevance_mask
 from .pooling import MaxSim, Mean, Pooling, Softmax, TopK, parse_pooling
 from .scoring import (
-    _pool_low_precision,
-    _sum_tokens,
     check_queries_documents,
     pool_similarity_block,
     score_matrix,
+    sum_tokens,
+    widen_low_precision,
 )
 
 Documents = Literal["top", "all"]
@@ -271,7 +271,7 @@ def _validate(
         if tuple(gold.shape) != (Nq, Nd):
             raise ValueError(f"gold mask must have shape {(Nq, Nd)}, got {tuple(gold.shape)}")
         return gold.to(D.device)
-    return _relevance(Q.new_zeros(Nq, Nd), gold)
+    return relevance_mask(Q.new_zeros(Nq, Nd), gold)
 
 
 def _step(chunk_size: int | None, Nq: int, T: int, Nd: int, width: int) -> int:
@@ -282,7 +282,7 @@ def _step(chunk_size: int | None, Nq: int, T: int, Nd: int, width: int) -> int:
 
 def _injected_similarities(Q: Tensor, injected: Tensor) -> Tensor:
     """S_inj [Nq, T, K]: each query's tokens against its own injected patches (pooled in float32 or wider)."""
-    return _pool_low_precision(torch.bmm(Q, injected.transpose(1, 2)))
+    return widen_low_precision(torch.bmm(Q, injected.transpose(1, 2)))
 
 
 def _doc_blocks(Q: Tensor, D: Tensor, d_mask: Tensor | None, step: int) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -293,7 +293,7 @@ def _doc_blocks(Q: Tensor, D: Tensor, d_mask: Tensor | None, step: int) -> Itera
     for start in range(0, Nd, step):
         Dc = D[start : start + step]
         n = Dc.shape[0]
-        S = _pool_low_precision((q_flat @ Dc.reshape(n * M, d).T).view(Nq, T, n, M))
+        S = widen_low_precision((q_flat @ Dc.reshape(n * M, d).T).view(Nq, T, n, M))
         yield S, None if d_mask is None else d_mask[start : start + step]
 
 
@@ -369,10 +369,10 @@ def _injected_scores(
     out = []
     if type(p) in _MERGED:
         for S, m in _doc_blocks(Q, D, d_mask, _step(chunk_size, Nq, T, Nd, M)):
-            out.append(_sum_tokens(_merged_phi(p, S, m, S_inj), q_mask))
+            out.append(sum_tokens(_merged_phi(p, S, m, S_inj), q_mask))
     else:
         for S_ext, m in _blocks(Q, D, S_inj, d_mask, _step(chunk_size, Nq, T, Nd, M + K)):
-            out.append(_sum_tokens(pool_similarity_block(p, S_ext, m), q_mask))  # [Nq, n]
+            out.append(sum_tokens(pool_similarity_block(p, S_ext, m), q_mask))  # [Nq, n]
     return torch.cat(out, dim=1)
 
 
@@ -423,7 +423,7 @@ def top_nongold_documents(scores: Tensor, gold: Tensor) -> Tensor:
 
     Ties go to the lowest index. Raises if a query has no non-gold document.
     """
-    rel = _relevance(scores, gold)
+    rel = relevance_mask(scores, gold)
     if bool(rel.all(1).any()):
         raise ValueError("gold: every query needs at least one non-gold document")
     return scores.masked_fill(rel, float("-inf")).argmax(1)
@@ -432,7 +432,7 @@ def top_nongold_documents(scores: Tensor, gold: Tensor) -> Tensor:
 def _token_mean(x: Tensor, q_mask: Tensor | None) -> Tensor:
     """Mean over valid query tokens: x [Nq, T, ...] -> [Nq, ...]."""
     n = x.shape[1] if q_mask is None else q_mask.sum(1).view(q_mask.shape[:1] + (1,) * (x.ndim - 2))
-    return _sum_tokens(x.to(torch.promote_types(x.dtype, torch.float32)), q_mask) / n
+    return sum_tokens(x.to(torch.promote_types(x.dtype, torch.float32)), q_mask) / n
 
 
 def _top_doc_similarities(
@@ -444,7 +444,7 @@ def _top_doc_similarities(
     S = torch.cat([torch.bmm(Q, D[top].transpose(1, 2)), torch.bmm(Q, injected.transpose(1, 2))], dim=-1)
     base = torch.ones(Nq, M, dtype=torch.bool, device=D.device) if d_mask is None else d_mask[top]
     mask = torch.cat([base, torch.ones(Nq, injected.shape[1], dtype=torch.bool, device=D.device)], dim=1)
-    return _pool_low_precision(S), mask.unsqueeze(1)
+    return widen_low_precision(S), mask.unsqueeze(1)
 
 
 def _check_documents(documents: str) -> None:
@@ -502,13 +502,13 @@ def hijack_rate(
         top = _top_after(Q, D, p, injected, gold, q_mask, d_mask, scores, chunk_size)
         S, mask = _top_doc_similarities(Q, D, injected, d_mask, top)
         w = p.selection(S, mask)  # [Nq, T, M + K]
-        return _reduce(_token_mean(w[..., M:].sum(-1), q_mask), reduction)
+        return apply_reduction(_token_mean(w[..., M:].sum(-1), q_mask), reduction)
     step = _step(chunk_size, Q.shape[0], Q.shape[1], D.shape[0], M + injected.shape[1])
     per_doc = []
     for S_ext, m in _blocks(Q, D, _injected_similarities(Q, injected), d_mask, step):
         w = p.selection(S_ext.permute(0, 2, 1, 3), None if m is None else m.transpose(1, 2))  # [Nq, n, T, M+K]
         per_doc.append(_token_mean(w[..., M:].sum(-1).transpose(1, 2), q_mask))  # [Nq, n]
-    return _reduce(_nongold_mean(per_doc, rel), reduction)
+    return apply_reduction(_nongold_mean(per_doc, rel), reduction)
 
 
 class ArgmaxShift(NamedTuple):
@@ -562,7 +562,7 @@ def argmax_shift(
             parts_inj.append(_token_mean(after >= M, q_mask))
             parts_moved.append(_token_mean(after != before, q_mask))
         to_inj, moved = _nongold_mean(parts_inj, rel), _nongold_mean(parts_moved, rel)
-    return ArgmaxShift(_reduce(to_inj, reduction), _reduce(moved, reduction))
+    return ArgmaxShift(apply_reduction(to_inj, reduction), apply_reduction(moved, reduction))
 
 
 def selected_patches(

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import check_positive_int
-from .device import as_dtype
-from .io import REPO_ROOT, config_hash, read_npz, write_npz
+from ..core.checks import check_positive_int
+from ..core.device import as_dtype
+from ..io import REPO_ROOT, config_hash, read_npz, write_npz
 
 CACHE_FORMAT = 1
 

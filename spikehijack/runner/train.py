@@ -28,13 +28,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import io, sweeps
-from .device import PRECISION, default_dtype, resolve_device
-from .metrics import gini, infonce_loss, retrieval_metrics
-from .model import StackedEncoder
-from .pooling import Pooling, parse_pooling
-from .scoring import score_matrix
-from .synthetic import SyntheticConfig, SyntheticData, generate
+from .. import io
+from ..core.device import PRECISION, default_dtype, resolve_device
+from ..core.metrics import gini, infonce_loss, retrieval_metrics
+from ..core.pooling import Pooling, parse_pooling
+from ..core.scoring import score_matrix
+from ..worlds.model import StackedEncoder
+from ..worlds.synthetic import SyntheticConfig, SyntheticData, generate
+from . import sweeps
 
 # ---------------------------------------------------------------------------------------------------------
 # Stacked scoring
@@ -405,7 +406,7 @@ def label(spec: str) -> str:
 
 def curves(df: pd.DataFrame, metric: str, by: Sequence[str] = ("pooling", "epoch")) -> pd.DataFrame:
     """Mean and 95 % t-interval over seeds of ``metric`` per group (default: pooling x epoch)."""
-    from .stats import summarize
+    from ..reporting.stats import summarize
 
     sub = df[(df["metric"] == metric) & df["value"].notna()]
     out = summarize(sub, list(by), "value")
@@ -433,8 +434,8 @@ def gradient_by_kind(
     Returns (each kind's share of the document's gradient mass, mean over queries: run, pooling, seed, doc,
     kind, share, patches; g of run 0 [2, n_queries, M] for plotting one document).
     """
-    from .gradients import score_grad_documents
-    from .synthetic import KIND_NAMES
+    from ..core.gradients import score_grad_documents
+    from ..worlds.synthetic import KIND_NAMES
 
     rows = []
     g0 = None
@@ -477,7 +478,7 @@ GINI_LEVEL_TOLERANCE = 0.1
 
 def claims_02(df: pd.DataFrame, reading: str = "pair") -> pd.DataFrame:
     """Claims 1-3 of PAPER.md section 5 (synthetic side) from a training table at one length."""
-    from .stats import claim_row, mean_ci
+    from ..reporting.stats import claim_row, mean_ci
 
     order = list(POOLINGS_MAIN)
     metric = f"gini_{reading}_mean"
@@ -606,8 +607,8 @@ def injection_sweep(
     the hard negatives' construction) and Gaussian patches are unit Gaussian vectors; both pass through the
     trained encoder. Rows: pooling, seed, kind, K, recall@1, hijack_rate, argmax_shift.
     """
-    from . import inject
-    from .metrics import recall_at_k
+    from ..core import inject
+    from ..core.metrics import recall_at_k
 
     enc, pools, seeds = load_group_models(config, cache_dir, device)
     worlds = {s: world_of(config, s) for s in set(seeds)}
@@ -662,7 +663,7 @@ def frontier_table(train_df: pd.DataFrame, inj: pd.DataFrame, K: int = 100) -> p
 
 def claims_03(main_df: pd.DataFrame, inj: pd.DataFrame, inj_frontier: pd.DataFrame, K: int = 100) -> pd.DataFrame:
     """Claims 4-7 (synthetic side) from the length grid and the injection sweeps."""
-    from .stats import claim_row, mean_ci
+    from ..reporting.stats import claim_row, mean_ci
 
     where = "synthetic, notebook 03"
     rows = []

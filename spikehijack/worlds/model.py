@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_positive_int
+from ..core.checks import check_positive_int
 
 
 def _init_layer(fan_in: int, fan_out: int, seed: int, layer: int) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ columns and ``run_key``; a rerun skips runs whose file exists, so an interrupted
 stopped. Only the driver writes the cache, whatever the executor, so a failed run never leaves a record.
 
 Executors: ``"local"`` runs in this process; ``"ray"`` (``pip install -e .[ray]``) fans runs out on a Ray
-cluster (spikehijack.distributed). Both share the cache, the progress bar and the failure report.
+cluster (spikehijack.runner.distributed). Both share the cache, the progress bar and the failure report.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .io import config_hash, write_csv
+from ..io import config_hash, write_csv
 
 RunFn = Callable[[dict[str, Any]], pd.DataFrame]
 
@@ -79,7 +79,7 @@ def _run_local(pending, run_fn, on_result, on_failure, retries: int = 0, **optio
 
 
 # name -> executor, or "module:function" imported on first use (keeps optional dependencies optional).
-EXECUTORS: dict[str, Executor | str] = {"local": _run_local, "ray": "spikehijack.distributed:run_ray"}
+EXECUTORS: dict[str, Executor | str] = {"local": _run_local, "ray": "spikehijack.runner.distributed:run_ray"}
 
 
 def get_executor(name: str) -> Executor:

@@ -8,7 +8,7 @@ colpali-engine's interface: ``ColQwen2_5.from_pretrained`` / ``ColQwen2_5_Proces
 
 Workflow: on a GPU machine ``python -m spikehijack embed-colqwen --out .cache/vidore_biomed.npz`` encodes the BEIR
 layout (corpus, queries, qrels) once; then ``load_vidore_task(path)`` gives a ``real.RealTask`` (several relevant
-pages per query in ``meta["relevance"]``) that every function of ``spikehijack.real`` accepts, on CPU.
+pages per query in ``meta["relevance"]``) that every function of ``spikehijack.chapters.ch04_real`` accepts, on CPU.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._checks import check_positive_int
+from ..core.checks import check_positive_int
 
 DEFAULT_MODEL = "vidore/colqwen2.5-v0.2"
 DEFAULT_DATASET = "vidore/biomedical_lectures_eng_v2"
@@ -55,7 +55,7 @@ class ColQwenEncoder:
 
     def __init__(self, model_name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 4,
                  model: Any = None, processor: Any = None, progress: bool = False):
-        from .device import resolve_device
+        from ..core.device import resolve_device
 
         self.device = resolve_device(device)
         self.batch_size = check_positive_int("batch_size", batch_size)
@@ -144,7 +144,7 @@ def _ragged_arrays(items: list[Tensor]) -> tuple[np.ndarray, np.ndarray]:
 
 def embed_beir(encoder: Any, data: BeirData, path: str | Path) -> Path:
     """Encode queries and pages once and write them (atomic npz, no pickle) for CPU-side experiments."""
-    from .io import write_npz
+    from ..io import write_npz
 
     qv, qo = _ragged_arrays(encoder.encode_queries(data.queries))
     dv, do = _ragged_arrays(encoder.encode_documents(data.images))
@@ -158,8 +158,8 @@ def embed_beir(encoder: Any, data: BeirData, path: str | Path) -> Path:
 
 def load_vidore_task(path: str | Path, name: str = "vidore-biomed"):
     """The cached embeddings as a ``real.RealTask``: gold = first relevant page, ``meta["relevance"]`` = all."""
-    from .io import read_npz
-    from .real import RealTask
+    from ..chapters.ch04_real import RealTask
+    from ..io import read_npz
 
     z = read_npz(path)
 

@@ -5,7 +5,7 @@ Two questions, in the synthetic world and on the real benchmark:
 1. *Retraining* (the authors' future work). A model trained with pooling p and scored with p ("retrained")
    against the MaxSim-trained model scored with p ("swap", the paper's inference-time protocol): clean quality,
    gradient Gini, length robustness, spike-injection robustness and the Gaussian control.
-2. *The frontier*. Every pooling, the new ones of ``spikehijack.robust`` included, on the MaxSim-trained model:
+2. *The frontier*. Every pooling, the new ones of ``spikehijack.core.robust`` included, on the MaxSim-trained model:
    Gini against clean quality and against quality retained under spike injection. Does any pooling keep
    MaxSim's discrimination while resisting spikes?
 
@@ -28,17 +28,17 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import inject
-from .device import PRECISION, default_dtype
-from .io import cache_dir
-from .metrics import gini, gold_rank, patch_gradient_norms
-from .pooling import parse_pooling
-from .scoring import score_matrix
-from .stats import bootstrap_ci, mean_ci
+from ..core import inject
+from ..core.device import PRECISION, default_dtype
+from ..core.metrics import gini, gold_rank, patch_gradient_norms
+from ..core.pooling import parse_pooling
+from ..core.scoring import score_matrix
+from ..io import cache_dir
+from ..reporting.stats import bootstrap_ci, mean_ci
 
 #: Poolings the retraining experiment trains with (the paper's three; the synthetic grid of notebook 02).
 TRAINED = ("maxsim", "topk:4", "softmax:1")
-#: The new poolings of spikehijack.robust, in their default settings.
+#: The new poolings of spikehijack.core.robust, in their default settings.
 NEW_POOLINGS = ("lcmaxsim", "capacity:1:0.05:20", "trimmed:4:1", "medtopk:5")
 #: Every pooling placed on the synthetic frontier (inference-time swap on the MaxSim-trained encoder); notebook
 #: 03 traces the retrained Top-k / softmax families.
@@ -211,7 +211,7 @@ def _join(quality: pd.DataFrame, gini_rows: pd.DataFrame) -> pd.DataFrame:
 
 def synthetic_eval_run(config: Mapping[str, Any], cache_dir: str | Path) -> pd.DataFrame:
     """``sweeps.run_grid`` run: evaluate run ``config["run"]`` of the cached training group ``config["group"]``."""
-    from . import train as tr
+    from ..runner import train as tr
 
     group = next(c for c in tr.main_grid(config["profile"], sweep=True) if c["length"] == config["length"])
     enc, _, _ = tr.load_group_models(group, cache_dir)
@@ -236,8 +236,8 @@ def synthetic_experiment(
     """
     from functools import partial
 
-    from . import train as tr
-    from .sweeps import run_grid, run_key
+    from ..runner import train as tr
+    from ..runner.sweeps import run_grid, run_key
 
     prof = PROFILES[profile]
     cache = Path(cache_dir) if cache_dir is not None else synthetic_cache_dir()
@@ -413,7 +413,7 @@ def closing_note(vs_maxsim: Mapping[str, pd.DataFrame], frontier: Mapping[str, p
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Real benchmark (HPO-Dx with all-MiniLM-L6-v2 phrase vectors; spikehijack.real)
+# Real benchmark (HPO-Dx with all-MiniLM-L6-v2 phrase vectors; spikehijack.chapters.ch04_real)
 # ----------------------------------------------------------------------------------------------------------
 #: Every pooling on the real frontier. Softmax tau 0.05 suits cosine similarities of 128-d unit vectors.
 FRONTIER_REAL = ("maxsim", "topk:4", "topk:16", "softmax:0.05", "mean", *NEW_POOLINGS)
@@ -440,9 +440,9 @@ def real_world(n_queries: int, n_distractors: int | None, seed: int = 0) -> tupl
     cached on disk by ``encoders.EmbeddingCache``)."""
     key = (n_queries, n_distractors, seed, torch.get_default_dtype())
     if key not in _WORLDS:
-        from . import hpo as hpo_mod
-        from . import real
-        from .encoders import MiniLMPhrases
+        from ..worlds import hpo as hpo_mod
+        from ..worlds.encoders import MiniLMPhrases
+        from . import ch04_real as real
 
         H = hpo_mod.load_hpo()
         enc = MiniLMPhrases(release=H.release)
@@ -453,9 +453,9 @@ def real_world(n_queries: int, n_distractors: int | None, seed: int = 0) -> tupl
 def head_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame:
     """``sweeps.run_grid`` run: train one projection head (``real.train_head``) with ``config["pooling"]`` on
     diseases outside the corpus; save its weight to ``weights_dir/<run_key>.npz``; return the loss history."""
-    from . import real
-    from .io import write_npz
-    from .sweeps import run_key
+    from ..io import write_npz
+    from ..runner.sweeps import run_key
+    from . import ch04_real as real
 
     with default_dtype(config["dtype"]):
         H, enc, task = real_world(config["n_queries"], config["n_distractors"])
@@ -475,8 +475,8 @@ def head_configs(profile: str) -> list[dict[str, Any]]:
 
 def load_head(key: str, weights_dir: str | Path) -> torch.nn.Module:
     """The trained ``real.ProjectionHead`` of the cached head run with run key ``key``."""
-    from . import real
-    from .io import read_npz
+    from ..io import read_npz
+    from . import ch04_real as real
 
     w = torch.as_tensor(read_npz(Path(weights_dir) / f"{key}.npz")["weight"])
     head = real.ProjectionHead(w.shape[1], w.shape[0])
@@ -492,7 +492,7 @@ def real_eval_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.Data
 
 
 def _real_eval(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame:
-    from . import real
+    from . import ch04_real as real
 
     _, _, task = real_world(config["n_queries"], config["n_distractors"])
     train, seed = config["train"], int(config["seed"])
@@ -533,7 +533,7 @@ def real_experiment(
     """
     from functools import partial
 
-    from .sweeps import run_grid, run_key
+    from ..runner.sweeps import run_grid, run_key
 
     prof = REAL_PROFILES[profile]
     cache = Path(cache_dir) if cache_dir is not None else real_cache_dir()
@@ -603,7 +603,7 @@ def findings(quality: pd.DataFrame, lengths: Mapping[str, int], smooth: Mapping[
     pooling beats MaxSim on the frontier (``beats_maxsim``); B4 its Recall@1 does not rise when K Gaussian
     patches are appended (a rise means its gain under injection is a length penalty, not spike resistance).
     """
-    from .stats import claim_row
+    from ..reporting.stats import claim_row
 
     where = where or {}
     rows = []

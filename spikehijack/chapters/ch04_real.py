@@ -7,7 +7,7 @@ length, so a corpus of 2,000 diseases (1 to ~200 patches) never becomes one [Nd,
 On top: the evaluation protocol (Recall@1/5/10, MRR, nDCG@5 per pooling), a MaxSim-trained projection head
 (384 -> 128, in-batch InfoNCE on simulated patients of diseases disjoint from the evaluation corpus), the
 per-query document-patch gradient Gini of gold pairs, quality against the gold document's length, a
-neutral length sweep and spike / Gaussian injection via ``spikehijack.inject``.
+neutral length sweep and spike / Gaussian injection via ``spikehijack.core.inject``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import hpo as hpo_mod
-from . import inject
-from ._checks import check_positive_int
-from .metrics import gini, gold_rank, infonce_loss, patch_gradient_norms, retrieval_metrics
-from .pooling import Pooling, parse_pooling
-from .scoring import _sum_tokens, check_queries_documents, pad, pool_similarity_block, score_matrix
+from ..core import inject
+from ..core.checks import check_positive_int
+from ..core.metrics import gini, gold_rank, infonce_loss, patch_gradient_norms, retrieval_metrics
+from ..core.pooling import Pooling, parse_pooling
+from ..core.scoring import check_queries_documents, pad, pool_similarity_block, score_matrix, sum_tokens
+from ..worlds import hpo as hpo_mod
 
 #: Poolings compared on the real benchmark (PAPER.md section 4): MaxSim, Top-k for k in 1, 4, 5, 16, softmax.
 TOPK_REAL = (1, 4, 5, 16)
@@ -206,7 +206,7 @@ def score_ragged_many(
         n, M, d = D.shape
         S = (q_flat @ D.reshape(n * M, d).T).view(Q.shape[0], Q.shape[1], n, M).to(acc)
         for p in ps:
-            out[p.spec][:, idx] = _sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).to(acc)
+            out[p.spec][:, idx] = sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).to(acc)
     return out
 
 
@@ -446,7 +446,7 @@ def length_sweep(task: RealTask, poolings: Sequence[str], factors: Sequence[int]
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Injection (spikes vs Gaussian control) via spikehijack.inject
+# Injection (spikes vs Gaussian control) via spikehijack.core.inject
 
 
 def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor, docs_per_chunk: int = 128) -> Tensor:
@@ -574,7 +574,7 @@ def retained_ci(inj: pd.DataFrame, kind: str, pooling: str, K: int, value: str =
 def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd.DataFrame:
     """Paired t-tests (stats.paired_test) of per-query Gini between consecutive poolings in ``order``
     (labels), for one loss reading."""
-    from .stats import paired_test
+    from ..reporting.stats import paired_test
 
     rows = []
     g = gi[gi.loss == loss]
@@ -599,7 +599,7 @@ def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFram
     7. Gaussian patches at K keep >= 90 % of MaxSim Recall@1 with a hijack rate < 0.15;
     8. under spikes at K > 50 % of MaxSim arg-max selections move to injected patches (Gaussian < 15 %).
     """
-    from .stats import claim_row, mean_ci
+    from ..reporting.stats import claim_row, mean_ci
 
     rows = []
     g = gi[gi.loss == loss]
@@ -676,8 +676,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:  # pragma: no cover - thin
 
 
 def _cli_real(args: argparse.Namespace) -> int:  # pragma: no cover
-    from .encoders import MiniLMPhrases, MiniLMTokens
-    from .io import results_dir, write_csv
+    from ..io import results_dir, write_csv
+    from ..worlds.encoders import MiniLMPhrases, MiniLMTokens
 
     H = hpo_mod.load_hpo()
     n_dis = 2000 if args.profile == "quick" else None

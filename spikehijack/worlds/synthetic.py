@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_positive_int
+from ..core.checks import check_positive_int
 
 #: Patch kinds stored in ``Split.pos_kind`` / ``Split.neg_kind``.
 FILLER, SUPPORT, SHARED, SPIKE = 0, 1, 2, 3

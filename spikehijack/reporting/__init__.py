@@ -1,0 +1,1 @@
+"""Reporting: statistics with intervals, figures, and the regeneration contract of stored results."""

@@ -1,0 +1,1 @@
+"""Running experiments: stacked training, cached and resumable sweeps, distributed executors."""
