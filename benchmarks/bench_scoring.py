@@ -5,7 +5,9 @@ Sections, all float32 on identical inputs within one run:
           after a warm-up, with ratios to maxsim-cpu and to the bare matmul (lower = faster)
   memory  peak extra RSS of ``score_matrix`` with and without ``chunk_size`` (a fresh subprocess per row)
   train   steps/s of one synthetic InfoNCE training step (B=64, T=16, d=16), forward plus backward
-  select  Top-k inside one cache-sized block: scoring._top_k (passes of amax) against torch.topk
+  select  Top-k inside one cache-sized block: kernels.top_k_mean (passes of amax) against torch.topk
+  poolings  every pooling, robust ones included, on the three paths scoring takes: score_matrix without and
+          with a gradient, score_with_injection (``pooling_rows`` times any spec or Pooling object)
   grid    the paper-profile synthetic grid: steps/s and evaluation seconds of one 5-seed stack per pooling
           and length, and the wall time they add up to (100 epochs x 32 steps, 21 evaluations per run)
   cuda    the corpus section on the GPU in float32 and bf16 (only when CUDA is available)
@@ -21,7 +23,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +32,11 @@ import pandas as pd
 import torch
 
 from spikehijack import io
-from spikehijack.core.scoring import AUTO_CHUNK_ELEMENTS, _top_k, auto_chunk_size, score_matrix
+from spikehijack.core.inject import score_with_injection, spike_patches
+from spikehijack.core.kernels import block_budget, top_k_mean
+from spikehijack.core.pooling import Pooling, parse_pooling
+from spikehijack.core.robust import robust_poolings
+from spikehijack.core.scoring import auto_chunk_size, score_matrix
 
 CORPORA = [(32, 1000, 512, 128), (16, 2000, 256, 128), (32, 200, 1024, 128)]  # (T, N, M, d)
 POOLINGS = ["maxsim", "topk:4", "softmax:0.1"]
@@ -189,7 +195,7 @@ def train_rows(lengths, runs: int, B: int = 64, T: int = 16, d: int = 16) -> pd.
 
 
 def _fresh_top_k(S: torch.Tensor, work: torch.Tensor, hit: torch.Tensor, k: int) -> torch.Tensor | None:
-    return _top_k(work.copy_(S), k, hit)  # _top_k overwrites its block
+    return top_k_mean(work.copy_(S), k, hit)  # top_k_mean overwrites its block
 
 
 def _reference_top_k(S: torch.Tensor, k: int) -> torch.Tensor:
@@ -198,10 +204,10 @@ def _reference_top_k(S: torch.Tensor, k: int) -> torch.Tensor:
 
 def selection_rows(runs: int, lengths=(32, 64, 128, 256), ks=(1, 4, 16), rows: int = 1024) -> pd.DataFrame:
     """Mean of the top k per row of S [n, rows, M] (a cache-sized block, as score_matrix pools it):
-    ``_top_k`` (including the copy it needs, since it overwrites S) against ``torch.topk``."""
+    ``top_k_mean`` (including the copy it needs, since it overwrites S) against ``torch.topk``."""
     out = []
     for M in lengths:
-        S = torch.randn(max(1, AUTO_CHUNK_ELEMENTS // (rows * M)), rows, M, generator=torch.Generator().manual_seed(M))
+        S = torch.randn(max(1, block_budget("cpu") // (rows * M)), rows, M, generator=torch.Generator().manual_seed(M))
         work, hit = torch.empty_like(S), torch.empty_like(S)
         for k in (k for k in ks if k <= M):
             ours, _ = timed(partial(_fresh_top_k, S, work, hit, k), runs)
@@ -209,6 +215,43 @@ def selection_rows(runs: int, lengths=(32, 64, 128, 256), ks=(1, 4, 16), rows: i
             out.append(dict(M=M, k=k, entries=S.numel(), ours_ms=1e3 * ours, topk_ms=1e3 * ref,
                             speedup=ref / ours, ns_per_entry=1e9 * ours / S.numel()))
     return pd.DataFrame(out)
+
+
+def _train_scores(Q: torch.Tensor, D: torch.Tensor, pooling: Pooling) -> None:
+    Q_, D_ = Q.detach().requires_grad_(True), D.detach().requires_grad_(True)
+    score_matrix(Q_, D_, pooling).sum().backward()
+
+
+def pooling_rows(
+    poolings: Sequence[str | Pooling],
+    T: int = 32,
+    N: int = 200,
+    M: int = 256,
+    d: int = 128,
+    Nq: int = 4,
+    K: int = 64,
+    runs: int = 3,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Any pooling (a spec or a ``Pooling`` object, registered or not) on the three paths scoring takes:
+    ``score`` (score_matrix without gradient), ``train`` (forward and backward) and ``inject``
+    (score_with_injection with K spikes per query) for queries [Nq, T, d] against a corpus [N, M, d].
+    One row per pooling and path: median and min milliseconds over ``runs`` timed calls after a warm-up."""
+    D = unit_vectors((N, M, d), seed=1, device=device)
+    Q = unit_vectors((Nq, T, d), seed=2, device=device)
+    spikes = spike_patches(Q, K, spike_size=min(4, T), generator=torch.Generator().manual_seed(3))
+    gold = torch.arange(Nq, device=device) % N
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    rows = []
+    for p in map(parse_pooling, poolings):
+        clean = score_matrix(Q, D, p)
+        paths = {"score": partial(score_matrix, Q, D, p), "train": partial(_train_scores, Q, D, p),
+                 "inject": partial(score_with_injection, Q, D, p, spikes, gold, clean_scores=clean)}
+        for path, fn in paths.items():
+            med, best = timed(fn, runs, sync)
+            rows.append(dict(pooling=p.label, spec=p.spec, path=path, T=T, N=N, M=M, d=d, Nq=Nq, K=K,
+                             median_ms=1e3 * med, min_ms=1e3 * best))
+    return pd.DataFrame(rows)
 
 
 def steps_per_second(length: int = 64, runs: int = 5, pooling: str = "maxsim", seconds: float = 3.0) -> float:
@@ -284,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny corpora, 3 runs (< 30 s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=None, help="timed runs per contender (default 7; quick 3)")
-    ap.add_argument("--sections", default="corpus,memory,train,select,grid,cuda")
+    ap.add_argument("--sections", default="corpus,memory,train,select,poolings,grid,cuda")
     ap.add_argument("--batches", default=None, help="query batch sizes, comma-separated (default 1,64; quick 1,8)")
     ap.add_argument("--out", default=str(OUT), help="folder for the CSV tables (default build/bench)")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
@@ -315,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     if "select" in sections:
         show("select: mean of the top k per row in one cache-sized block (speedup = topk / ours)",
              selection_rows(runs, (32, 256) if args.quick else (32, 64, 128, 256)), out / "select.csv")
+    if "poolings" in sections:
+        size = dict(T=16, N=40, M=64, Nq=2, K=16) if args.quick else {}
+        show("poolings: every pooling on score_matrix (score, train = forward + backward) and score_with_injection",
+             pooling_rows(POOLINGS + ["mean"] + robust_poolings(), runs=runs, **size), out / "poolings.csv")
     if "grid" in sections:
         show("grid: one 5-seed stack of the paper-profile synthetic grid (B = 64, 2,048 pairs, 512 queries)",
              grid_rows((32,) if args.quick else (32, 64, 128, 256), 0.5 if args.quick else 3.0), out / "grid.csv")

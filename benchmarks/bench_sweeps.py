@@ -1,6 +1,6 @@
 """Wall time of one small synthetic grid with the local and the Ray sweep executors.
 
-Each group trains 3 poolings x 1 seed as one stack (spikehijack.runner.train.run_group), shrunk from the quick
+Each group trains 3 poolings x 1 seed as one stack (spikehijack.runner.groups.run_group), shrunk from the quick
 profile (fewer epochs and training pairs) so the whole benchmark takes a few minutes on 2 cores. Rows:
 
 - local: the runs one after another in this process, torch using ``--threads`` threads;
@@ -23,15 +23,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from spikehijack import train  # noqa: E402
-from spikehijack.runner import sweeps
+from spikehijack import profiles  # noqa: E402
+from spikehijack.runner import groups, sweeps  # noqa: E402
+from spikehijack.runner.train import TrainConfig  # noqa: E402
 
 
 def small_grid(lengths, seeds, epochs: int, n_train: int) -> list[dict]:
     """Group configs: one per (length, seed), each training the 3 main poolings as one stack."""
-    world = train.calibrated_world().with_(n_train=n_train, n_eval=128)
-    tcfg = train.TrainConfig(epochs=epochs, eval_every=epochs, gini_pairs=64)
-    return [train.group_config(world.with_(length=M), train.POOLINGS_MAIN, (s,), tcfg)
+    world = profiles.calibrated_world().with_(n_train=n_train, n_eval=128)
+    tcfg = TrainConfig(epochs=epochs, eval_every=epochs, gini_pairs=64)
+    return [groups.group_config(world.with_(length=M), profiles.POOLINGS_MAIN, (s,), tcfg)
             for M in lengths for s in seeds]
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = ap.parse_args(argv)
 
     configs = small_grid(args.lengths, args.seeds, args.epochs, args.n_train)
-    run_fn = functools.partial(train.run_group, device="cpu")
+    run_fn = functools.partial(groups.run_group, device="cpu")
     n, cores = len(configs), args.cores
     rows = []
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table["runs/min"] = (60 * n / table["wall s"]).round(2)
     table["speed-up vs local"] = (table["wall s"].iloc[0] / table["wall s"]).round(2)
     table["wall s"] = table["wall s"].round(1)
-    print(f"grid: {n} groups x {len(train.POOLINGS_MAIN)} poolings, lengths {args.lengths}, seeds {args.seeds}, "
+    print(f"grid: {n} groups x {len(profiles.POOLINGS_MAIN)} poolings, lengths {args.lengths}, seeds {args.seeds}, "
           f"{args.epochs} epochs, n_train {args.n_train}; {cores} cores, torch {torch.__version__}")
     print(table.to_string(index=False))
     print(f"Ray session start {t_up:.1f} s, shutdown {t_down:.1f} s; "

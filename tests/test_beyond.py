@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from spikehijack.chapters import ch05_beyond as beyond
+from spikehijack.chapters import ch05_findings as findings
 from spikehijack.core import inject
 from spikehijack.core.metrics import recall_at_k
 from spikehijack.core.scoring import score_matrix
@@ -56,22 +57,22 @@ def _tables():
 
 def test_summaries_and_frontier():
     quality, ginis = _tables()
-    ps = beyond.seed_metrics(quality, ginis)
+    ps = findings.seed_metrics(quality, ginis)
     assert {"clean_r1", "spike_r1", "spike_retained", "gaussian_retained", "spike_hijack", "gini"} <= set(ps.columns)
     assert set(ps["mode"]) == {"retrained", "swap"}
     assert (ps[(ps.train == "softmax:1") & (ps.pooling == "softmax:1")]["mode"] == "retrained").all()
     maxsim_gini = ps[ps.pooling == "maxsim"]["gini"]
     assert (maxsim_gini >= 1 - 4 / 5 - 1e-6).all()  # at most T of M patches get gradient
-    front = beyond.frontier_table(ps, "toy", 5)
+    front = findings.frontier_table(ps, "toy", 5)
     assert set(front["pooling"]) == {beyond.parse_pooling(p).spec for p in POOLS} and front["pareto"].any()
-    rt = beyond.retraining_table(ps, "toy", 5)
+    rt = findings.retraining_table(ps, "toy", 5)
     assert set(zip(rt["pooling"], rt["mode"], strict=True)) == {("maxsim", "retrained"), ("softmax:1", "swap"),
                                                                  ("softmax:1", "retrained")}
-    s = beyond.summarize_seeds(ps, ["clean_r1"])
+    s = findings.summarize_seeds(ps, ["clean_r1"])
     assert (s["n"] == 2).all() and (s["ci_low"] <= s["mean"]).all()
-    vs = beyond.beats_maxsim(quality, "toy", 5, POOLS)
+    vs = findings.beats_maxsim(quality, "toy", 5, POOLS)
     assert len(vs) == len(POOLS) - 1 and vs["beats"].dtype == bool
-    claims = beyond.findings(quality, {"toy": 5}, {"toy": "softmax:1"}, new_poolings=["capacity:1:0.05:10",
+    claims = findings.findings(quality, {"toy": 5}, {"toy": "softmax:1"}, new_poolings=["capacity:1:0.05:10",
                                                                                          "trimmed:3:1"])
     assert len(claims) == 3 + 2 * 2 and claims["claim"].str.startswith(("B1", "B2", "B3", "B4")).all()
 
@@ -80,13 +81,13 @@ def test_paired_difference_and_verdict():
     df = pd.DataFrame({"world": "w", "length": 1, "seed": 0, "query": np.tile(np.arange(50), 2),
                        "condition": "clean", "pooling": np.repeat(["a", "b"], 50),
                        "recall@1": np.r_[np.ones(50), np.zeros(50)]})
-    assert beyond.paired_difference(df, {"pooling": "a"}, {"pooling": "b"}, "clean") == (1.0, 1.0, 1.0)
+    assert findings.paired_difference(df, {"pooling": "a"}, {"pooling": "b"}, "clean") == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError):
-        beyond.paired_difference(df, {"pooling": "a"}, {"pooling": "c"}, "clean")
-    assert beyond.verdict(0.1, 0.2) == "reproduced"
-    assert beyond.verdict(-0.2, -0.1) == "refuted"
-    assert beyond.verdict(-0.1, 0.1) == "not reproduced"
-    assert beyond.verdict(-0.2, -0.1, expected=-1) == "reproduced"
+        findings.paired_difference(df, {"pooling": "a"}, {"pooling": "c"}, "clean")
+    assert findings.verdict(0.1, 0.2) == "reproduced"
+    assert findings.verdict(-0.2, -0.1) == "refuted"
+    assert findings.verdict(-0.1, 0.1) == "not reproduced"
+    assert findings.verdict(-0.2, -0.1, expected=-1) == "reproduced"
 
 
 def test_synthetic_run_on_an_untrained_encoder():
@@ -104,5 +105,5 @@ def test_length_robustness():
         rows.append(pd.DataFrame({"world": "synthetic", "length": length, "train": "maxsim", "pooling": "maxsim",
                                   "mode": "retrained", "seed": 0, "condition": "clean", "query": range(4),
                                   "recall@1": [r * 2, 0, r * 2, 0]}))
-    t = beyond.length_robustness(pd.concat(rows))
+    t = findings.length_robustness(pd.concat(rows))
     assert t.set_index("length")["retained"].to_dict() == {32: 1.0, 256: 0.5}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spikehijack.chapters import ch04_real as real
-from spikehijack.worlds import colqwen
+from spikehijack.worlds import colqwen, tasks
 
 IMAGE_TOKEN = 7
 
@@ -106,8 +106,8 @@ def test_beir_loader_embed_and_task(enc, tmp_path):
     ev = real.evaluate(task, ["maxsim", "softmax:0.1"])  # the CPU-side protocol runs on it
     assert set(ev.metric) >= {"recall@1", "ndcg@5"}
     spikes = torch.randn(2, 3, 128)
-    after = real.injection_scores(task, "maxsim", torch.nn.functional.normalize(spikes, dim=-1))
-    clean = real.score_ragged(task.queries, task.documents, "maxsim")
+    after = tasks.injection_scores(task, "maxsim", torch.nn.functional.normalize(spikes, dim=-1))
+    clean = tasks.score_ragged(task.queries, task.documents, "maxsim")
     torch.testing.assert_close(after[R], clean[R])  # every relevant page untouched
 
 

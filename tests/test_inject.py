@@ -23,6 +23,7 @@ from spikehijack.core.inject import (
     top_nongold_documents,
 )
 from spikehijack.core.pooling import MaxSim, Mean, Pooling, Softmax, TopK, parse_pooling, selection
+from spikehijack.core.robust import MedianTopK, Trimmed
 from spikehijack.core.scoring import pool_similarity_block, score_matrix
 
 
@@ -40,20 +41,35 @@ class Coupled(Pooling):
 POOLINGS = ["maxsim", "topk:3", "softmax:0.5", "mean", Coupled()]
 
 
-# Subclasses behave identically but are not the built-in types, so they take the generic concatenation path.
-class SlowMaxSim(MaxSim):
+class Generic:
+    """Mixin: the base class's kernels (the definition on the concatenated block), not the pooling's own."""
+
+    block = Pooling.block
+    injected_summary = Pooling.injected_summary
+    merged = Pooling.merged
+
+
+class SlowMaxSim(Generic, MaxSim):
     pass
 
 
-class SlowTopK(TopK):
+class SlowTopK(Generic, TopK):
     pass
 
 
-class SlowSoftmax(Softmax):
+class SlowSoftmax(Generic, Softmax):
     pass
 
 
-class SlowMean(Mean):
+class SlowMean(Generic, Mean):
+    pass
+
+
+class SlowTrimmed(Generic, Trimmed):
+    pass
+
+
+class SlowMedianTopK(Generic, MedianTopK):
     pass
 
 
@@ -182,11 +198,12 @@ def test_zero_patches_is_plain_scoring(pooling):
 @pytest.mark.parametrize(
     "fast, slow",
     [("maxsim", SlowMaxSim()), ("topk:3", SlowTopK(3)), ("topk:8", SlowTopK(8)), ("softmax:0.5", SlowSoftmax(0.5)),
-     ("softmax:0.01", SlowSoftmax(0.01)), ("softmax:5", SlowSoftmax(5.0)), ("mean", SlowMean())],
+     ("softmax:0.01", SlowSoftmax(0.01)), ("softmax:5", SlowSoftmax(5.0)), ("mean", SlowMean()),
+     ("trimmed:4:1", SlowTrimmed(4, 1)), ("trimmed:9:2", SlowTrimmed(9, 2)), ("medtopk:5", SlowMedianTopK(5))],
 )
 @pytest.mark.parametrize("K", [1, 3, 12])
 def test_shortcuts_equal_generic_concatenation(fast, slow, K):
-    """MaxSim/Top-k prune the injected similarities, softmax/mean merge partial sums: same numbers."""
+    """MaxSim/Top-k/rank windows prune the injected similarities, softmax/mean merge partial sums: same numbers."""
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
         Q, D, _, q_mask, d_mask = _world(integer=False, seed=K, K=K)
         inj = torch.cat([spike_patches(Q, K // 2, 1, q_mask=q_mask), gaussian_patches(4, K - K // 2, 8)], 1)
@@ -257,11 +274,11 @@ def test_inject_corpus_counts():
 
 
 def test_auto_chunking_matches_single_block(monkeypatch):
-    import spikehijack.core.inject as inject
+    import spikehijack.core.kernels as kernels
 
     Q, D, inj, q_mask, d_mask = _world(integer=False)
     full = [score_with_injection(Q, D, p, inj, GOLDS["index"], q_mask, d_mask) for p in POOLINGS]
-    monkeypatch.setattr(inject, "BLOCK_ELEMENTS", 1)  # forces one document per chunk
+    monkeypatch.setattr(kernels, "CPU_BLOCK_ELEMENTS", 1)  # forces one document per chunk
     for p, f in zip(POOLINGS, full, strict=True):
         torch.testing.assert_close(f, score_with_injection(Q, D, p, inj, GOLDS["index"], q_mask, d_mask))
 

@@ -14,7 +14,8 @@ from spikehijack.chapters import ch04_real as real
 from spikehijack.core import inject
 from spikehijack.core.metrics import gini
 from spikehijack.core.scoring import pad, score_matrix
-from spikehijack.worlds import hpo
+from spikehijack.runner import heads
+from spikehijack.worlds import hpo, tasks
 
 FIX = Path(__file__).parent / "fixtures" / "hpo"
 
@@ -39,16 +40,16 @@ def H() -> hpo.HPO:
     return hpo.load_hpo(FIX)
 
 
-def random_task(nq=5, nd=12, d=8, seed=0) -> real.RealTask:
+def random_task(nq=5, nd=12, d=8, seed=0) -> tasks.RealTask:
     g = torch.Generator().manual_seed(seed)
     qs = [F.normalize(torch.randn(int(t), d, generator=g), dim=-1) for t in torch.randint(2, 5, (nq,), generator=g)]
     ds = [F.normalize(torch.randn(int(m), d, generator=g), dim=-1) for m in torch.randint(1, 9, (nd,), generator=g)]
     gold = torch.randperm(nd, generator=g)[:nq]
-    return real.RealTask("rand", qs, ds, gold, [f"q{i}" for i in range(nq)], [f"d{j}" for j in range(nd)])
+    return tasks.RealTask("rand", qs, ds, gold, [f"q{i}" for i in range(nq)], [f"d{j}" for j in range(nd)])
 
 
 def test_build_hpo_dx_gold_retrievable(H):
-    task = real.build_hpo_dx(H, HashPhrases(), n_queries=2, n_distractors=None, n_gold=2, n_noise=1, seed=0)
+    task = tasks.build_hpo_dx(H, HashPhrases(), n_queries=2, n_distractors=None, n_gold=2, n_noise=1, seed=0)
     assert sorted(task.query_ids) == ["OMIM:100001", "ORPHA:2"]
     assert sorted(task.doc_ids) == ["DECIPHER:3", "OMIM:100001", "ORPHA:2"]
     for qid, g, q, qt in zip(task.query_ids, task.gold, task.queries, task.query_text, strict=True):
@@ -56,20 +57,20 @@ def test_build_hpo_dx_gold_retrievable(H):
         assert q.shape == (3, 16) and len(qt) == 3
     for did, doc in zip(task.doc_ids, task.documents, strict=True):
         assert doc.shape[0] == len(H.diseases[did].phenotypes)
-    again = real.build_hpo_dx(H, HashPhrases(), n_queries=2, n_distractors=None, n_gold=2, n_noise=1, seed=0)
+    again = tasks.build_hpo_dx(H, HashPhrases(), n_queries=2, n_distractors=None, n_gold=2, n_noise=1, seed=0)
     assert again.query_text == task.query_text
     with pytest.raises(ValueError, match="n_queries"):
-        real.build_hpo_dx(H, HashPhrases(), n_queries=5)
+        tasks.build_hpo_dx(H, HashPhrases(), n_queries=5)
 
 
 def test_train_diseases_disjoint(H):
-    task = real.build_hpo_dx(H, HashPhrases(), n_queries=1, n_distractors=0, n_noise=1, seed=1)
-    tr = real.train_diseases(H, task, None)
+    task = tasks.build_hpo_dx(H, HashPhrases(), n_queries=1, n_distractors=0, n_noise=1, seed=1)
+    tr = tasks.train_diseases(H, task, None)
     assert tr and not set(tr) & set(task.doc_ids)
 
 
 def test_build_syn2def(H):
-    task = real.build_syn2def(H, HashPhrases(), n_queries=3, n_distractors=2, seed=0)
+    task = tasks.build_syn2def(H, HashPhrases(), n_queries=3, n_distractors=2, seed=0)
     assert len(task.documents) == 5
     for t, g, qt in zip(task.query_ids, task.gold, task.query_text, strict=True):
         assert task.doc_ids[int(g)] == t and qt[0].lower() != H.terms[t].name.lower()
@@ -80,7 +81,7 @@ def test_score_ragged_matches_score_matrix():
     Q, qm = pad(task.queries)
     D, dm = pad(task.documents)
     specs = ["maxsim", "topk:4", "softmax:0.1"]
-    many = real.score_ragged_many(task.queries, task.documents, specs, docs_per_chunk=5)
+    many = tasks.score_ragged_many(task.queries, task.documents, specs, docs_per_chunk=5)
     for s in specs:
         torch.testing.assert_close(many[s], score_matrix(Q, D, s, qm, dm))
 
@@ -105,8 +106,8 @@ def test_injection_only_touches_non_gold(spec):
     task = random_task(seed=2)
     inj = inject.spike_patches(pad(task.queries)[0], 6, spike_size=2, q_mask=pad(task.queries)[1],
                                generator=torch.Generator().manual_seed(0))
-    clean = real.score_ragged(task.queries, task.documents, spec)
-    after = real.injection_scores(task, spec, inj, docs_per_chunk=4)
+    clean = tasks.score_ragged(task.queries, task.documents, spec)
+    after = tasks.injection_scores(task, spec, inj, docs_per_chunk=4)
     rows = torch.arange(len(task.gold))
     torch.testing.assert_close(after[rows, task.gold], clean[rows, task.gold], rtol=0, atol=1e-6)
     # non-gold entries equal an explicit per-query corpus with the patches appended
@@ -141,19 +142,19 @@ def test_spike_copies_hijack_maxsim():
 
 
 def test_neutral_pool_and_pad_task(H):
-    task = real.build_hpo_dx(H, HashPhrases(), n_queries=1, n_distractors=None, n_gold=1, n_noise=0, seed=0)
-    pool = real.neutral_pool(task)
+    task = tasks.build_hpo_dx(H, HashPhrases(), n_queries=1, n_distractors=None, n_gold=1, n_noise=0, seed=0)
+    pool = tasks.neutral_pool(task)
     banned = {p for j in task.gold.tolist() for p in task.doc_text[j]} | set(task.query_text[0])
     enc = HashPhrases()
     allowed = torch.stack([enc._vec(p) for j, t in enumerate(task.doc_text) for p in t if p not in banned])
     for v in pool:
         assert bool(((allowed - v).abs().sum(1) < 1e-6).any())
     rt = random_task(seed=5)
-    padded = real.pad_task(rt, 3, torch.cat(rt.documents), seed=0, docs_per_chunk=4)
+    padded = tasks.pad_task(rt, 3, torch.cat(rt.documents), seed=0, docs_per_chunk=4)
     for a, b in zip(rt.documents, padded.documents, strict=True):
         assert len(b) == 3 * len(a)
         torch.testing.assert_close(b[: len(a)], a)
-    assert real.pad_task(rt, 1, torch.cat(rt.documents)) is rt
+    assert tasks.pad_task(rt, 1, torch.cat(rt.documents)) is rt
 
 
 def test_gold_pair_gini_bound():
@@ -169,7 +170,7 @@ def test_gold_pair_gini_bound():
 
 def test_train_head_tiny(H):
     tr = sorted(H.diseases)
-    head, hist = real.train_head(H, HashPhrases(), tr, out_dim=4, steps=5, batch_size=2, n_views=2, n_noise=1, seed=0)
+    head, hist = heads.train_head(H, HashPhrases(), tr, out_dim=4, steps=5, batch_size=2, n_views=2, n_noise=1, seed=0)
     assert len(hist) == 5 and np.isfinite(hist.loss).all()
     y = head(torch.randn(3, 16))
     assert y.shape == (3, 4)

@@ -84,11 +84,12 @@ def test_regenerated_tables_match_the_committed_ones():
 def test_precision_per_profile_and_the_default_dtype_switch():
     import torch
 
-    from spikehijack.core.device import PRECISION, as_dtype, default_dtype
-    from spikehijack.runner.train import PROFILES
+    from spikehijack.core.device import as_dtype, default_dtype
+    from spikehijack.profiles import PROFILES
 
-    assert PRECISION == {"quick": "float64", "paper": "float32"}
-    assert all(PROFILES[p]["train"]["dtype"] == PRECISION[p] for p in PRECISION)  # one source for the trainer
+    assert {name: p.precision for name, p in PROFILES.items()} == {"quick": "float64", "paper": "float32"}
+    for p in PROFILES.values():  # one source for the trainer
+        assert {g.train.dtype for g in (p.synthetic.grid, p.synthetic.sweep, p.synthetic.frontier)} == {p.precision}
     before = torch.get_default_dtype()
     with default_dtype("float64") as dt:
         assert dt is torch.float64 and torch.zeros(1).dtype is torch.float64

@@ -7,6 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spikehijack.core.kernels import top_k_mean, top_k_mean_sorted
+from spikehijack.core.pooling import parse_pooling
 from spikehijack.core.scoring import pad, score_matrix, score_pairs, similarities
 
 SPECS = ["maxsim", "topk:1", "topk:2", "topk:40", "softmax:0.1", "softmax:2", "mean"]
@@ -196,10 +198,8 @@ def test_gradients_equal_autograd_through_the_definitions(shape, seed, spec, chu
 @settings(max_examples=60)
 @given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 12), seeds, st.booleans())
 def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties):
-    """scoring._top_k: the mean of the k largest (ties counted once each), its selection weights, and None
+    """kernels.top_k_mean: the mean of the k largest (ties counted once each), its selection weights, and None
     exactly when a row has fewer than k real patches (or, with weights, when a tie makes the choice ambiguous)."""
-    from spikehijack.core.pooling import parse_pooling
-    from spikehijack.core.scoring import _top_k
 
     g = torch.Generator().manual_seed(seed)
     S = torch.randn(rows, M, generator=g, dtype=torch.float64)
@@ -208,13 +208,13 @@ def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties
     S = S.masked_fill(torch.rand(rows, M, generator=g) < 0.2, float("-inf"))
     k = min(k, M)
     real = torch.isfinite(S).sum(-1)
-    got = _top_k(S.clone(), k, torch.empty_like(S))
+    got = top_k_mean(S.clone(), k, torch.empty_like(S))
     if bool((real < k).any()):
         assert got is None
         return
     torch.testing.assert_close(got, S.topk(k, -1).values.mean(-1), rtol=1e-12, atol=1e-12)
     W = torch.zeros_like(S)
-    with_weights = _top_k(S.clone(), k, torch.empty_like(S), W)
+    with_weights = top_k_mean(S.clone(), k, torch.empty_like(S), W)
     ref_W = parse_pooling("maxsim" if k == 1 else f"topk:{k}").jacobian(S)
     unique = bool((S.sort(-1, descending=True).values[:, : k + 1].diff(dim=-1) != 0).all())
     if with_weights is None:
@@ -228,8 +228,6 @@ def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties
 def test_both_top_k_strategies_give_the_same_bits(rows, M, k, seed, ties):
     """The amax passes and torch.topk (chosen per machine by speed) add the same values in the same order: equal
     values, weights and None cases, so the choice never changes a number."""
-    from spikehijack.core.scoring import _top_k, _top_k_sorted
-
     g = torch.Generator().manual_seed(seed)
     S = torch.randn(rows, M, generator=g, dtype=torch.float64)
     if ties:
@@ -238,10 +236,10 @@ def test_both_top_k_strategies_give_the_same_bits(rows, M, k, seed, ties):
     k = min(k, M)
     for with_weights in (False, True):
         Wa, Wb = (torch.zeros_like(S), torch.zeros_like(S)) if with_weights else (None, None)
-        a = _top_k(S.clone(), k, torch.empty_like(S), Wa)
-        b = _top_k_sorted(S, k, Wb)
+        a = top_k_mean(S.clone(), k, torch.empty_like(S), Wa)
+        b = top_k_mean_sorted(S, k, Wb)
         assert (a is None) == (b is None)
-        if a is not None and (with_weights or not ties):  # tied values: _top_k adds count x value at once
+        if a is not None and (with_weights or not ties):  # tied values: top_k_mean adds count x value at once
             assert torch.equal(a, b)
             if with_weights:
                 assert torch.equal(Wa, Wb)

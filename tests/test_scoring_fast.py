@@ -1,12 +1,16 @@
-"""The fast chunked scoring path (patch-axis pooling, in-place when no gradient) against the plain definition."""
+"""The block kernels of scoring and injection (in place when no gradient) against the plain definition."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import spikehijack.core.kernels as kernels
 import spikehijack.core.scoring as scoring
-from spikehijack.core.pooling import parse_pooling
+from spikehijack.core.pooling import Pooling, parse_pooling
+from spikehijack.core.robust import robust_poolings
 from spikehijack.core.scoring import score_matrix
 
 SPECS = ["maxsim", "topk:1", "topk:3", "topk:50", "softmax:0.05", "softmax:1", "mean"]
@@ -77,12 +81,12 @@ def test_float32_fast_path_matches_float64(spec):
 
 def test_automatic_chunk_is_cache_sized_and_does_not_change_scores(monkeypatch):
     n = scoring.auto_chunk_size(Nd=100_000, M=512, rows=32)
-    assert n * 512 * 32 <= scoring.AUTO_CHUNK_ELEMENTS < (n + 1) * 512 * 32  # fills the budget
+    assert n * 512 * 32 <= kernels.block_budget("cpu") < (n + 1) * 512 * 32  # fills the budget
     assert scoring.auto_chunk_size(Nd=3, M=512, rows=32) == 3  # never more than the corpus
     assert scoring.auto_chunk_size(Nd=1000, M=4096, rows=4096) == 1  # at least one document
     Q, D, qm, dm = batch(Nd=11)
     full = score_matrix(Q, D, "softmax:0.1", qm, dm)
-    monkeypatch.setattr(scoring, "AUTO_CHUNK_ELEMENTS", 50)  # a few documents per chunk
+    monkeypatch.setattr(kernels, "CPU_BLOCK_ELEMENTS", 50)  # a few documents per chunk
     torch.testing.assert_close(score_matrix(Q, D, "softmax:0.1", qm, dm), full, rtol=1e-12, atol=1e-12)
 
 
@@ -111,11 +115,83 @@ def test_softmax_is_stable_for_large_similarities_and_tiny_tau():
     torch.testing.assert_close(Z, reference(Q * 30, D * 30, "softmax:0.001", qm, dm), rtol=1e-9, atol=1e-9)
 
 
-def test_other_poolings_keep_their_own_path_and_chunking_does_not_change_them(monkeypatch):
-    from spikehijack.core.robust import robust_poolings
-
+def test_chunking_does_not_change_the_robust_poolings(monkeypatch):
     Q, D, qm, dm = batch(Nd=5)
-    monkeypatch.setattr(scoring, "AUTO_CHUNK_ELEMENTS", 100)  # one or two documents per chunk
+    monkeypatch.setattr(kernels, "CPU_BLOCK_ELEMENTS", 100)  # one or two documents per chunk
     for spec in robust_poolings():
         one_block = score_matrix(Q, D, spec, qm, dm, chunk_size=D.shape[0])
         torch.testing.assert_close(score_matrix(Q, D, spec, qm, dm), one_block, rtol=1e-12, atol=1e-12)
+
+
+ALL = SPECS + robust_poolings() + ["trimmed:9:2", "medtopk:2"]
+
+
+def block_world(n, Nq, T, M, K, seed, ties):
+    """A similarity block S [n, Nq, T, M] with a patch mask [n, 1, 1, M] and injected similarities [Nq, T, K]."""
+    g = torch.Generator().manual_seed(seed)
+    S = torch.randn(n, Nq, T, M, generator=g, dtype=torch.float64)
+    S_inj = torch.randn(Nq, T, K, generator=g, dtype=torch.float64)
+    if ties:
+        S, S_inj = torch.round(S * 2) / 2, torch.round(S_inj * 2) / 2
+    mask = torch.rand(n, 1, 1, M, generator=g) < 0.6
+    mask[..., 0] = True
+    return S, mask, S_inj
+
+
+@settings(max_examples=40)
+@given(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 6)),
+       st.integers(0, 2**31 - 1), st.sampled_from(ALL), st.booleans(), st.booleans(), st.booleans())
+def test_block_kernels_equal_the_definition(shape, seed, spec, ties, grad, masked):
+    """Pooling.block either declines or gives reference_block's phi and W (token-wise poolings only get grad)."""
+    n, Nq, T, M, _ = shape
+    S, mask, _ = block_world(*shape, seed, ties)
+    mask = mask if masked else None
+    p = parse_pooling(spec)
+    grad = grad and p.token_wise
+    phi_ref, W_ref = p.reference_block(S, mask, grad)
+    got = p.block(S.clone(), mask, grad, torch.empty_like(S))
+    if got is None:  # only the Top-k kernels decline: an ambiguous selection with a gradient, or < k real patches
+        k = 1 if spec == "maxsim" else min(int(spec.partition(":")[2]), M)
+        real = M if mask is None else int(mask.sum(-1).min())
+        assert spec.startswith(("maxsim", "topk")) and ((ties and grad) or real < k)
+        return
+    torch.testing.assert_close(got[0], phi_ref, rtol=1e-12, atol=1e-12)
+    if grad:
+        torch.testing.assert_close(got[1], W_ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40)
+@given(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 12)),
+       st.integers(0, 2**31 - 1), st.sampled_from(ALL), st.booleans())
+def test_merged_kernels_equal_pooling_the_concatenation(shape, seed, spec, ties):
+    """Pooling.merged on the injected summary = the definition on [n, Nq, T, M + K] (Pooling's default)."""
+    S, mask, S_inj = block_world(*shape, seed, ties)
+    p = parse_pooling(spec)
+    got = p.merged(S, mask, p.injected_summary(S_inj))
+    torch.testing.assert_close(got, Pooling.merged(p, S, mask, S_inj), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60)
+@given(st.integers(1, 500), st.integers(1, 10**6), st.sampled_from([None, 1, 3, 1000]),
+       st.sampled_from(["cpu", "cuda"]))
+def test_document_blocks_cover_the_corpus_within_the_budget(Nd, per_document, chunk, device):
+    size = kernels.block_size(Nd, per_document, device, chunk)
+    blocks = list(kernels.document_blocks(Nd, per_document, device, chunk))
+    assert blocks[0].start == 0 and blocks[-1].stop == Nd
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:], strict=False))
+    assert all(0 < b.stop - b.start <= size for b in blocks)
+    if chunk is None:  # as many documents as the budget allows, at least one, never more than the corpus
+        assert 1 <= size <= Nd
+        assert size == 1 or size * per_document <= kernels.block_budget(device)
+        assert size == Nd or (size + 1) * per_document > kernels.block_budget(device)
+
+
+def test_cpu_budget_follows_the_reported_l2_cache(monkeypatch):
+    l2 = kernels.l2_cache_bytes()
+    assert l2 is None or l2 > 0
+    monkeypatch.setattr(kernels, "l2_cache_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert kernels.block_budget("cpu") == (1 << 20) * 4 // 4  # float32 entries filling the threads' L2 caches
+    monkeypatch.setattr(kernels, "l2_cache_bytes", lambda: None)
+    assert kernels.block_budget("cpu") == kernels.FALLBACK_CPU_BLOCK_ELEMENTS
+    assert kernels.block_budget("cuda") == kernels.ACCELERATOR_BLOCK_ELEMENTS

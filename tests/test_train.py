@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from spikehijack import profiles
 from spikehijack.core.metrics import patch_gradient_norms
 from spikehijack.core.scoring import score_matrix
-from spikehijack.runner import sweeps, train
+from spikehijack.runner import groups, sweeps
 from spikehijack.runner.train import TrainConfig, stacked_patch_gradient_norms, stacked_scores, train_stack
 from spikehijack.worlds.model import Encoder, StackedEncoder
 from spikehijack.worlds.synthetic import SyntheticConfig, generate
@@ -93,34 +94,36 @@ def _interrupt_on_second(config, seen):
     seen.append(config["seeds"])
     if len(seen) == 2:
         raise KeyboardInterrupt  # the sweep is stopped midway
-    return train.run_group(config)
+    return groups.run_group(config)
 
 
 def test_cache_resume_after_interruption(tmp_path, monkeypatch):
     tcfg = TrainConfig(epochs=1, eval_every=1, batch_size=32, gini_pairs=32)
-    configs = [train.group_config(TINY.with_(n_train=64, n_eval=16), ["maxsim"], [s], tcfg) for s in (0, 1, 2)]
+    configs = [groups.group_config(TINY.with_(n_train=64, n_eval=16), ["maxsim"], [s], tcfg) for s in (0, 1, 2)]
     seen: list = []
     with pytest.raises(KeyboardInterrupt):
         sweeps.run_grid(configs, functools.partial(_interrupt_on_second, seen=seen), tmp_path, progress=False)
     assert len(list(tmp_path.glob("*.csv"))) == 1
     calls: list = []
-    real = train.run_group
-    monkeypatch.setattr(train, "run_group", lambda c, **kw: calls.append(c["seeds"]) or real(c, **kw))
-    table = train.run_groups(configs, tmp_path, progress=False)
-    assert calls == ["1", "2"]  # the finished run was not recomputed
+    real = groups.run_group
+    monkeypatch.setattr(groups, "run_group", lambda c, **kw: calls.append(c["seeds"]) or real(c, **kw))
+    table = groups.run_groups(configs, tmp_path, progress=False)
+    assert calls == [[1], [2]]  # the finished run was not recomputed
     assert sorted(table["seed"].unique()) == [0, 1, 2]
     assert len(list((tmp_path / "weights").glob("*.npz"))) == 2
     calls.clear()
-    train.run_groups(configs, tmp_path, progress=False)
+    groups.run_groups(configs, tmp_path, progress=False)
     assert calls == []
 
 
 def test_cli_runs_tiny_profile_and_passes_executor_options(tmp_path, monkeypatch, capsys):
     from spikehijack.__main__ import main
 
-    tiny = {"seeds": (0,), "lengths": (16,), "world": {"n_train": 64, "n_eval": 16},
-            "train": {"epochs": 1, "eval_every": 1, "gini_pairs": 64}}
-    monkeypatch.setitem(train.PROFILES, "quick", tiny)
+    grid = profiles.Grid(lengths=(16,), seeds=(0,), train=TrainConfig(epochs=1, eval_every=1, gini_pairs=64),
+                         n_train=64, n_eval=16)
+    quick = profiles.get("quick")
+    tiny = replace(quick, synthetic=replace(quick.synthetic, sweep=grid))
+    monkeypatch.setitem(profiles.PROFILES, "quick", tiny)
     assert main(["synthetic", "--profile", "quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "maxsim" in out and "recall@1" in out
@@ -130,9 +133,9 @@ def test_cli_runs_tiny_profile_and_passes_executor_options(tmp_path, monkeypatch
         seen.update(executor=executor, **opts)
         return sweeps.SweepResult(table=pd.DataFrame())
 
-    monkeypatch.setattr(train.sweeps, "run_grid", fake_run_grid)
-    train.run_groups([], tmp_path, executor="ray", address="10.0.0.1:6379", progress=False)
+    monkeypatch.setattr(groups.sweeps, "run_grid", fake_run_grid)
+    groups.run_groups([], tmp_path, executor="ray", address="10.0.0.1:6379", progress=False)
     assert seen == {"executor": "ray", "address": "10.0.0.1:6379"}
     seen.clear()
-    train.run_groups([], tmp_path, executor="local", address="ignored", progress=False)
+    groups.run_groups([], tmp_path, executor="local", address="ignored", progress=False)
     assert seen == {"executor": "local"}

@@ -25,6 +25,7 @@ from ..core.checks import check_positive_float, check_positive_int, check_tensor
 from ..core.gradients import score_grad_documents, score_grad_queries
 from ..core.metrics import gini, patch_gradient_norms
 from ..core.pooling import jacobian, parse_pooling, pool
+from ..core.robust import expected_max_normal
 from ..core.scoring import score_pairs
 from ..reporting.stats import mean_ci
 
@@ -81,8 +82,6 @@ def expected_max_noise(M: int | Sequence[int] | np.ndarray, d: int, method: str 
     if method == "exact":
         return expected_topk_noise(M, 1, d)
     if method == "normal":
-        from ..core.robust import expected_max_normal
-
         return expected_max_normal(M) / math.sqrt(d)
     a = math.sqrt(2 * math.log(M))
     if method == "leading":

@@ -1,219 +1,36 @@
-"""The real benchmark, offline: HPO-Dx and HPO-Syn2Def with all-MiniLM-L6-v2 (PAPER.md section 4 restated).
+"""Chapter 04 (notebook 04): the real benchmark, offline (HPO-Dx and HPO-Syn2Def with all-MiniLM-L6-v2).
 
-A ``RealTask`` holds ragged multi-vector queries [T_i, d] and documents [M_j, d] and one gold document per query.
-Scoring is ragged-aware: documents are sorted by length and scored in chunks padded to the chunk's own
-length, so a corpus of 2,000 diseases (1 to ~200 patches) never becomes one [Nd, 209, d] block.
-
-On top: the evaluation protocol (Recall@1/5/10, MRR, nDCG@5 per pooling), a MaxSim-trained projection head
-(384 -> 128, in-batch InfoNCE on simulated patients of diseases disjoint from the evaluation corpus), the
-per-query document-patch gradient Gini of gold pairs, quality against the gold document's length, a
-neutral length sweep and spike / Gaussian injection via ``spikehijack.core.inject``.
+On the tasks of ``spikehijack.worlds.tasks``: the evaluation protocol (Recall@1/5/10, MRR, nDCG@5 per
+pooling), the per-query document-patch gradient Gini of gold pairs, quality against the gold document's length,
+a neutral length sweep, spike / Gaussian injection (``spikehijack.core.inject``) and the real-benchmark rows of
+the claims (PAPER.md section 5).
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core import inject
 from ..core.checks import check_positive_int
-from ..core.metrics import gini, gold_rank, infonce_loss, patch_gradient_norms, retrieval_metrics
-from ..core.pooling import Pooling, parse_pooling
-from ..core.scoring import check_queries_documents, pad, pool_similarity_block, score_matrix, sum_tokens
-from ..worlds import hpo as hpo_mod
-
-#: Poolings compared on the real benchmark (PAPER.md section 4): MaxSim, Top-k for k in 1, 4, 5, 16, softmax.
-TOPK_REAL = (1, 4, 5, 16)
-
-
-@dataclass
-class RealTask:
-    """Ragged multi-vector retrieval problem: queries [T_i, d], documents [M_j, d], gold [Nq] (doc index).
-
-    With several relevant documents per query, ``gold`` holds the first one and ``meta["relevance"]`` the full
-    bool mask [Nq, Nd]; metrics and injection use ``relevance(task)``.
-    """
-
-    name: str
-    queries: list[Tensor]
-    documents: list[Tensor]
-    gold: Tensor
-    query_ids: list[str]
-    doc_ids: list[str]
-    query_text: list[list[str]] = field(default_factory=list)
-    doc_text: list[list[str]] = field(default_factory=list)
-    release: str = ""
-    meta: dict[str, object] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if len(self.queries) != len(self.gold) or len(self.documents) != len(self.doc_ids):
-            raise ValueError("RealTask: queries/gold and documents/doc_ids must have matching lengths")
-        if self.gold.dtype != torch.int64 or bool(((self.gold < 0) | (self.gold >= len(self.documents))).any()):
-            raise ValueError(f"RealTask.gold must be int64 indices in [0, {len(self.documents)})")
-
-    @property
-    def doc_lengths(self) -> np.ndarray:
-        return np.array([len(d) for d in self.documents])
-
-    @property
-    def query_lengths(self) -> np.ndarray:
-        return np.array([len(q) for q in self.queries])
-
-    def project(self, head: nn.Module | None) -> RealTask:
-        """The same task with every vector passed through ``head`` (None: unchanged)."""
-        if head is None:
-            return self
-        with torch.no_grad():
-            q = _apply_ragged(head, self.queries)
-            d = _apply_ragged(head, self.documents)
-        return replace(self, queries=q, documents=d, name=f"{self.name}+head")
-
-
-def relevance(task: RealTask) -> Tensor:
-    """Relevance mask [Nq, Nd] (bool): ``task.meta["relevance"]`` when the task has several relevant documents
-    per query (ViDoRe), else one-hot of ``task.gold``."""
-    R = task.meta.get("relevance")
-    if R is not None:
-        return R
-    return torch.zeros(len(task.gold), len(task.documents), dtype=torch.bool).scatter_(1, task.gold[:, None], True)
-
-
-def _apply_ragged(fn: nn.Module, items: list[Tensor]) -> list[Tensor]:
-    lengths = [len(x) for x in items]
-    out = fn(torch.cat(items))
-    return list(torch.split(out, lengths))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Building the tasks
-
-
-def _split_corpus(candidates: Sequence[str], others: Sequence[str], n_queries: int, n_distractors: int | None,
-                  seed: int) -> tuple[list[str], list[str]]:
-    rng = np.random.default_rng(seed)
-    if n_queries > len(candidates):
-        raise ValueError(f"n_queries={n_queries} exceeds the {len(candidates)} eligible gold items")
-    golds = [str(x) for x in rng.choice(np.array(candidates), size=n_queries, replace=False)]
-    rest = sorted(set(others) - set(golds))
-    if n_distractors is None or n_distractors >= len(rest):
-        distract = rest
-    else:
-        distract = [str(x) for x in rng.choice(np.array(rest), size=n_distractors, replace=False)]
-    return golds, distract
-
-
-def build_hpo_dx(
-    hpo: hpo_mod.HPO,
-    encoder,
-    n_queries: int = 160,
-    n_distractors: int | None = 2000,
-    n_gold: int = 5,
-    n_noise: int = 2,
-    p_imprecise: float = 0.3,
-    min_phenotypes: int = 3,
-    seed: int = 0,
-    query_seed: int | None = None,
-    universe: Sequence[str] | None = None,
-) -> RealTask:
-    """HPO-Dx: ``n_queries`` simulated patients (distinct gold diseases with >= ``min_phenotypes``
-    phenotypes) against the golds plus ``n_distractors`` other diseases (None: every annotated disease).
-
-    ``seed`` picks the corpus, ``query_seed`` (default ``seed``) the patient simulation. ``encoder`` is a
-    phrase encoder (``MiniLMPhrases``): a disease becomes [M, d] with one patch per annotated phenotype name.
-    ``universe`` restricts golds and distractors to these diseases (e.g. a validation split).
-    """
-    check_positive_int("n_queries", n_queries)
-    allowed = set(hpo.diseases) if universe is None else set(universe) & set(hpo.diseases)
-    golds, distract = _split_corpus([d for d in hpo_mod.eligible_diseases(hpo, min_phenotypes) if d in allowed],
-                                    sorted(allowed), n_queries, n_distractors, seed)
-    doc_ids = sorted(golds + distract)
-    index = {d: i for i, d in enumerate(doc_ids)}
-    patients = hpo_mod.simulate_patients(hpo, golds, n_gold, n_noise, p_imprecise, seed=seed if query_seed is None
-                                         else query_seed)
-    doc_text = [hpo_mod.disease_phrases(hpo, d) for d in doc_ids]
-    query_text = [list(p.phrases) for p in patients]
-    return RealTask(
-        name="hpo-dx",
-        queries=encoder.encode_queries(query_text),
-        documents=encoder.encode_documents(doc_text),
-        gold=torch.tensor([index[d] for d in golds], dtype=torch.int64),
-        query_ids=golds, doc_ids=doc_ids, query_text=query_text, doc_text=doc_text, release=hpo.release,
-        meta={"sources": [p.sources for p in patients], "n_gold": n_gold, "n_noise": n_noise,
-              "p_imprecise": p_imprecise, "seed": seed, "query_seed": query_seed},
-    )
-
-
-def build_syn2def(
-    hpo: hpo_mod.HPO, encoder, n_queries: int = 160, n_distractors: int | None = 1000, seed: int = 0
-) -> RealTask:
-    """HPO-Syn2Def: a synonym of a term (layperson first) as the query, term definitions as documents.
-
-    ``encoder`` is a token encoder (``MiniLMTokens``): texts become token sets [n_tokens, d].
-    """
-    check_positive_int("n_queries", n_queries)
-    cands = hpo_mod.syn2def_candidates(hpo)
-    others = [t for t in sorted(hpo.terms) if hpo.terms[t].definition and not hpo.terms[t].obsolete]
-    golds, distract = _split_corpus(cands, others, n_queries, n_distractors, seed)
-    doc_ids = sorted(golds + distract)
-    index = {d: i for i, d in enumerate(doc_ids)}
-    rng = np.random.default_rng(seed + 1)
-    qs = [hpo_mod.syn2def_query(hpo, t, rng) for t in golds]
-    doc_text = [hpo.terms[t].definition for t in doc_ids]
-    return RealTask(
-        name="hpo-syn2def",
-        queries=encoder.encode_queries([q.text for q in qs]),
-        documents=encoder.encode_documents(doc_text),
-        gold=torch.tensor([index[t] for t in golds], dtype=torch.int64),
-        query_ids=golds, doc_ids=doc_ids, query_text=[[q.text] for q in qs], doc_text=[[t] for t in doc_text],
-        release=hpo.release, meta={"kinds": [q.kind for q in qs], "seed": seed},
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Scoring and evaluation
-
-
-def score_ragged_many(
-    queries: Sequence[Tensor],
-    documents: Sequence[Tensor],
-    poolings: Sequence[str | Pooling],
-    docs_per_chunk: int = 128,
-) -> dict[str, Tensor]:
-    """Scores [Nq, Nd] of ragged queries [T_i, d] against ragged documents [M_j, d] for several poolings.
-
-    Documents are sorted by length and padded per chunk of ``docs_per_chunk`` (padding is masked with -inf,
-    so the numbers equal one big ``score_matrix`` call); each similarity block [Nq, T, n, M] is computed once
-    and pooled by every pooling. Returns {pooling spec: scores}.
-    """
-    ps = [parse_pooling(p) for p in poolings]
-    Q, qm = pad(list(queries))
-    order = torch.argsort(torch.tensor([len(d) for d in documents]), stable=True)
-    acc = torch.promote_types(Q.dtype, torch.float32)  # accumulate in float32 or wider
-    out = {p.spec: torch.empty(len(queries), len(documents), dtype=acc) for p in ps}
-    q_flat = Q.reshape(-1, Q.shape[-1])
-    for s in range(0, len(documents), docs_per_chunk):
-        idx = order[s : s + docs_per_chunk]
-        D, dm = pad([documents[int(i)] for i in idx])
-        check_queries_documents(Q, D, qm, dm)
-        n, M, d = D.shape
-        S = (q_flat @ D.reshape(n * M, d).T).view(Q.shape[0], Q.shape[1], n, M).to(acc)
-        for p in ps:
-            out[p.spec][:, idx] = sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).to(acc)
-    return out
-
-
-def score_ragged(queries: Sequence[Tensor], documents: Sequence[Tensor], pooling: str | Pooling,
-                 docs_per_chunk: int = 128) -> Tensor:
-    """``score_ragged_many`` for one pooling -> [Nq, Nd]."""
-    return next(iter(score_ragged_many(queries, documents, [pooling], docs_per_chunk).values()))
+from ..core.metrics import gini, gold_rank, patch_gradient_norms, retrieval_metrics
+from ..core.pooling import parse_pooling
+from ..core.scoring import pad
+from ..reporting.stats import claim_row, mean_ci, paired_test
+from ..worlds.tasks import (
+    RealTask,
+    injection_scores,
+    neutral_pool,
+    pad_task,
+    relevance,
+    score_ragged,
+    score_ragged_many,
+)
 
 
 def evaluate(task: RealTask, poolings: Sequence[str], ks: tuple[int, ...] = (1, 5, 10)) -> pd.DataFrame:
@@ -263,86 +80,6 @@ def pick_tau(sweep: pd.DataFrame, metric: str = "mrr") -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# MaxSim projection head
-
-
-class ProjectionHead(nn.Module):
-    """x [..., 384] -> l2-normalised [..., 128]: a linear map as ColBERT's, trained with MaxSim InfoNCE."""
-
-    def __init__(self, in_dim: int = 384, out_dim: int = 128, seed: int = 0):
-        super().__init__()
-        self.linear = nn.Linear(in_dim, out_dim, bias=False)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # orthonormal rows: a random isometry-like start
-            w = torch.linalg.qr(torch.randn(in_dim, out_dim, generator=g))[0].T
-            self.linear.weight.copy_(w)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.linear(x), dim=-1)
-
-
-def train_head(
-    hpo: hpo_mod.HPO,
-    encoder,
-    diseases: Sequence[str],
-    pooling: str = "maxsim",
-    out_dim: int = 128,
-    steps: int = 300,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    temperature: float = 0.1,
-    n_views: int = 4,
-    n_gold: int = 5,
-    n_noise: int = 2,
-    p_imprecise: float = 0.3,
-    seed: int = 0,
-    progress: bool = False,
-) -> tuple[ProjectionHead, pd.DataFrame]:
-    """Train a projection head with in-batch InfoNCE on Z_ab = score(q_a, d_b) / temperature.
-
-    ``diseases`` must be disjoint from the evaluation corpus (the caller's job; see ``train_diseases``).
-    ``n_views`` simulated patients per disease (seeds seed+1..seed+n_views) are drawn once; each step samples
-    ``batch_size`` distinct diseases and one view each. Returns the head and the loss history (step, loss).
-    """
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size, minimum=2)
-    diseases = list(diseases)
-    if len(diseases) < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} training diseases, got {len(diseases)}")
-    views = [hpo_mod.simulate_patients(hpo, diseases, n_gold, n_noise, p_imprecise, seed=seed + 1 + v)
-             for v in range(n_views)]
-    docs = encoder.encode_documents([hpo_mod.disease_phrases(hpo, d) for d in diseases])
-    qs = [encoder.encode_queries([list(p.phrases) for p in view]) for view in views]
-    head = ProjectionHead(docs[0].shape[-1], out_dim, seed=seed)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
-    history = []
-    for step in tqdm(range(steps), desc="train head", disable=not progress):
-        idx = rng.choice(len(diseases), size=batch_size, replace=False)
-        v = rng.integers(n_views, size=batch_size)
-        Q, qm = pad([qs[int(vi)][int(i)] for i, vi in zip(idx, v, strict=True)])
-        D, dm = pad([docs[int(i)] for i in idx])
-        Z = score_matrix(head(Q), head(D), pooling, qm, dm) / temperature
-        loss = infonce_loss(Z)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append({"step": step, "loss": float(loss.detach())})
-    head.eval()
-    return head, pd.DataFrame(history)
-
-
-def train_diseases(hpo: hpo_mod.HPO, task: RealTask, n: int | None, min_phenotypes: int = 3,
-                   seed: int = 0) -> list[str]:
-    """Up to ``n`` eligible diseases outside the task's corpus (None: all of them), sorted."""
-    pool = sorted(set(hpo_mod.eligible_diseases(hpo, min_phenotypes)) - set(task.doc_ids))
-    if n is None or n >= len(pool):
-        return pool
-    rng = np.random.default_rng(seed + 7)
-    return sorted(str(x) for x in rng.choice(np.array(pool), size=n, replace=False))
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Gradient concentration of gold pairs
 
 
@@ -386,51 +123,6 @@ def length_bins(values: np.ndarray, edges: Sequence[int] = (1, 8, 16, 32, 64, 10
     return labels
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Neutral length sweep
-
-
-def neutral_pool(task: RealTask) -> Tensor:
-    """Patches unrelated to every query: vectors [P, d] of the non-gold documents, minus (for phrase
-    documents) every phrase that occurs in a gold document or in a query. Duplicated phrases appear once."""
-    gold = set(int(g) for g in task.gold)
-    phrase_docs = len(task.doc_text) == len(task.documents) and all(
-        len(t) == len(d) for t, d in zip(task.doc_text, task.documents, strict=True))
-    if not phrase_docs:
-        return torch.cat([d for j, d in enumerate(task.documents) if j not in gold])
-    banned = {p for j in gold for p in task.doc_text[j]} | {p for q in task.query_text for p in q}
-    seen: dict[str, Tensor] = {}
-    for j, (texts, vecs) in enumerate(zip(task.doc_text, task.documents, strict=True)):
-        if j in gold:
-            continue
-        for t, v in zip(texts, vecs, strict=True):
-            if t not in banned and t not in seen:
-                seen[t] = v
-    if not seen:
-        raise ValueError("neutral_pool: no patch is unrelated to every query")
-    return torch.stack(list(seen.values()))
-
-
-def pad_task(task: RealTask, factor: int, pool: Tensor, seed: int = 0, docs_per_chunk: int = 256) -> RealTask:
-    """Every document grown to ``factor`` x its length with patches drawn from ``pool`` (inject.pad_documents,
-    without replacement per document when the pool is large enough)."""
-    check_positive_int("factor", factor)
-    if factor == 1:
-        return task
-    g = torch.Generator().manual_seed(seed)
-    order = torch.argsort(torch.tensor([len(d) for d in task.documents]), stable=True)
-    out: list[Tensor] = [None] * len(task.documents)  # type: ignore[list-item]
-    for s in range(0, len(order), docs_per_chunk):
-        idx = [int(i) for i in order[s : s + docs_per_chunk]]
-        D, dm = pad([task.documents[i] for i in idx])
-        extra = (factor - 1) * dm.sum(1)
-        D2, m2 = inject.pad_documents(D, dm, extra, pool.to(D.dtype), generator=g,
-                                      replace=bool(int(extra.max()) > len(pool)))
-        for j, i in enumerate(idx):
-            out[i] = D2[j][m2[j]]
-    return replace(task, documents=out, name=f"{task.name}x{factor}")
-
-
 def length_sweep(task: RealTask, poolings: Sequence[str], factors: Sequence[int] = (1, 2, 4, 8), seed: int = 0,
                  progress: bool = False) -> pd.DataFrame:
     """Retrieval quality when every document is padded to factor x its length with neutral real patches.
@@ -447,28 +139,6 @@ def length_sweep(task: RealTask, poolings: Sequence[str], factors: Sequence[int]
 
 # ----------------------------------------------------------------------------------------------------------
 # Injection (spikes vs Gaussian control) via spikehijack.core.inject
-
-
-def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor, docs_per_chunk: int = 128) -> Tensor:
-    """inject.score_with_injection over the ragged corpus: query a's patches injected [Nq, K, d] go into every
-    non-gold document of a -> scores [Nq, Nd] (gold entries clean).
-
-    Each length-sorted chunk is scored with a one-patch placeholder document appended and marked gold for
-    every query (so each chunk's relevance mask has a gold per query); its column is dropped.
-    """
-    p = parse_pooling(pooling)
-    Q, qm = pad(list(task.queries))
-    order = torch.argsort(torch.tensor([len(d) for d in task.documents]), stable=True)
-    out = torch.empty(len(task.queries), len(task.documents), dtype=torch.promote_types(Q.dtype, torch.float32))
-    placeholder = torch.zeros(1, Q.shape[-1], dtype=Q.dtype)
-    R = relevance(task)
-    for s in range(0, len(order), docs_per_chunk):
-        idx = order[s : s + docs_per_chunk]
-        D, dm = pad([task.documents[int(i)] for i in idx] + [placeholder])
-        rel = torch.cat([R[:, idx], torch.ones(len(Q), 1, dtype=torch.bool)], dim=1)
-        sc = inject.score_with_injection(Q, D, p, injected.to(Q.dtype), rel, qm, dm)
-        out[:, idx] = sc[:, :-1].to(out.dtype)
-    return out
 
 
 def _top_subcorpus(task: RealTask, scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -574,8 +244,6 @@ def retained_ci(inj: pd.DataFrame, kind: str, pooling: str, K: int, value: str =
 def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd.DataFrame:
     """Paired t-tests (stats.paired_test) of per-query Gini between consecutive poolings in ``order``
     (labels), for one loss reading."""
-    from ..reporting.stats import paired_test
-
     rows = []
     g = gi[gi.loss == loss]
     for a, b in zip(order[:-1], order[1:], strict=True):
@@ -599,8 +267,6 @@ def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFram
     7. Gaussian patches at K keep >= 90 % of MaxSim Recall@1 with a hijack rate < 0.15;
     8. under spikes at K > 50 % of MaxSim arg-max selections move to injected patches (Gaussian < 15 %).
     """
-    from ..reporting.stats import claim_row, mean_ci
-
     rows = []
     g = gi[gi.loss == loss]
     tests = gini_tests(gi, gini_order, loss)
@@ -665,30 +331,3 @@ def figure2_examples(task: RealTask, K: int = 100, spike_size: int = 4, seed: in
     out = {"spike": selection_example(task, q, spikes[q], after)}
     out["gaussian"] = selection_example(task, q, gauss[q], injection_scores(task, pooling, gauss))
     return out
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:  # pragma: no cover - thin wrapper
-    p = sub.add_parser("real", help="HPO real benchmark: baseline quality per pooling (prints a table)")
-    p.add_argument("--task", choices=["hpo-dx", "hpo-syn2def"], default="hpo-dx")
-    p.add_argument("--profile", choices=["quick", "paper"], default="quick")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cli_real)
-
-
-def _cli_real(args: argparse.Namespace) -> int:  # pragma: no cover
-    from ..io import results_dir, write_csv
-    from ..worlds.encoders import MiniLMPhrases, MiniLMTokens
-
-    H = hpo_mod.load_hpo()
-    n_dis = 2000 if args.profile == "quick" else None
-    if args.task == "hpo-dx":
-        task = build_hpo_dx(H, MiniLMPhrases(release=H.release, progress=True), n_distractors=n_dis, seed=args.seed)
-    else:
-        task = build_syn2def(H, MiniLMTokens(release=H.release, progress=True),
-                             n_distractors=1000 if args.profile == "quick" else None, seed=args.seed)
-    specs = ["maxsim", *[f"topk:{k}" for k in TOPK_REAL], "softmax:0.05"]
-    table = evaluate(task, specs)
-    print(table.pivot_table(index="pooling", columns="metric", values="value", sort=False).round(4).to_string())
-    path = write_csv(table, results_dir(args.profile) / f"real_cli_{args.task}.csv")
-    print(f"wrote {path}")
-    return 0

@@ -23,13 +23,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-#: Floating-point precision of each profile (README, "Results that regenerate on any machine"). The quick
-#: profile is what CI regenerates: float64 makes its trained numbers agree across CPU code paths and devices to
-#: ~1e-12 (float32: ~2e-2 after training). The paper profile keeps float32 for speed; its numbers are
-#: statistical (seeds, intervals), not bit-stable.
-PRECISION: dict[str, str] = {"quick": "float64", "paper": "float32"}
-
-
 def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """``"float32"`` / ``"float64"`` (or a torch dtype) -> torch dtype; anything else is a ValueError."""
     out = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
@@ -53,7 +46,7 @@ def set_determinism(seed: int = 0, threads: int | None = 2, dtype: str | torch.d
     """Seed python, numpy and torch, pin thread counts and ask torch for deterministic kernels.
 
     Float32 reductions depend on the thread count, so notebooks and tests pin it (default 2). ``dtype`` (e.g.
-    ``PRECISION[profile]``) sets torch's default floating dtype for the session.
+    ``profiles.get(profile).precision``) sets torch's default floating dtype for the session.
     Returns a CPU ``torch.Generator`` seeded with ``seed`` for code that wants an explicit one.
     """
     if dtype is not None:

@@ -4,7 +4,10 @@ A pooling reduces the last axis of a similarity tensor ``S [..., M]`` under a pa
 (True = real patch, broadcastable to S). Masked patches never influence the value or its gradient.
 
 Specs are strings (``"maxsim"``, ``"topk:4"``, ``"softmax:0.1"``, ``"mean"``) or ``Pooling`` objects;
-``parse_pooling`` turns one into the other. A new pooling is one subclass decorated with ``@register``.
+``parse_pooling`` turns one into the other. A new pooling is one subclass decorated with ``@register``: its
+``reduce`` (or ``pool_tokens``) is all scoring and injection need; ``jacobian`` / ``selection`` and the block
+kernels ``block`` / ``merged`` (used by ``score_matrix`` and ``score_with_injection``) have correct defaults
+built from it, which the built-ins override with fast closed forms.
 
 >>> S = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
 >>> round(pool(S, "maxsim").item(), 3), round(pool(S, "topk:2").item(), 3), round(pool(S, "mean").item(), 3)
@@ -21,6 +24,16 @@ import torch
 from torch import Tensor
 
 from .checks import check_positive_float, check_positive_int, check_tensor
+from .kernels import (
+    Pooled,
+    concat_parts,
+    fill_masked,
+    fill_masked_,
+    largest,
+    top_k_block,
+    top_of_parts,
+    valid_count,
+)
 
 _REGISTRY: dict[str, Callable[[str | None], Pooling]] = {}
 
@@ -31,25 +44,20 @@ def register(cls: type[Pooling]) -> type[Pooling]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Undo ``register``: ``parse_pooling`` no longer knows ``name`` (e.g. a pooling defined by a test)."""
+    _REGISTRY.pop(name, None)
+
+
 def available_poolings() -> list[str]:
     """Names accepted by ``parse_pooling`` (the part before the colon)."""
     return sorted(_REGISTRY)
 
 
-def _masked_fill(S: Tensor, mask: Tensor | None, value: float) -> Tensor:
-    return S if mask is None else S.masked_fill(~mask, value)
-
-
-def _valid_count(S: Tensor, mask: Tensor | None) -> Tensor:
-    """Number of valid patches, shaped like S without its last axis (float)."""
-    if mask is None:
-        return torch.full(S.shape[:-1], S.shape[-1], dtype=S.dtype, device=S.device)
-    return mask.expand_as(S).sum(-1).to(S.dtype)
-
-
 @dataclass(frozen=True)
 class Pooling:
-    """Base class. Subclasses implement ``reduce`` and, where one exists, the closed-form ``jacobian``."""
+    """Base class. Subclasses implement ``reduce`` (or ``pool_tokens``) and, where one exists, the closed-form
+    ``jacobian``; the block kernels (``block``; ``injected_summary`` with ``merged``) only for speed."""
 
     name: ClassVar[str] = ""
     #: False for poolings that couple query tokens (e.g. capacity-limited matching): they implement
@@ -99,6 +107,35 @@ class Pooling:
         J = self.jacobian(S, mask).abs()
         return J / J.sum(-1, keepdim=True).clamp_min(torch.finfo(J.dtype).tiny)
 
+    # Block kernels: S [n, Nq, T, M] holds the query tokens of Nq queries against the M patches of n documents
+    # (a free view of the [n, Nq * T, M] similarity GEMM), mask [n, 1, 1, M] or None (True = real patch).
+
+    def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
+        """Pool a similarity block, in place if it helps: -> (phi [n, Nq, T], W = dphi/dS like S or None).
+
+        S and ``scratch`` (a tensor like S) may be overwritten; phi and W must be new tensors. W is asked for
+        (``grad``) only of token-wise poolings: token-coupled ones are differentiated by autograd. Returning
+        None declines the block (e.g. a tie with a gradient): the caller recomputes S and uses
+        ``reference_block``. The default is the reference itself.
+        """
+        return self.reference_block(S, mask, grad)
+
+    def reference_block(self, S: Tensor, mask: Tensor | None, grad: bool) -> Pooled:
+        """The definition on any block S [..., T, M]: (``pool_tokens``, ``jacobian`` when ``grad``). S unchanged."""
+        return self.pool_tokens(S, mask), self.jacobian(S, mask) if grad else None
+
+    def injected_summary(self, S_inj: Tensor) -> Tensor:
+        """What ``merged`` needs of the injected similarities S_inj [Nq, T, K], K >= 1, computed once for all
+        blocks: [Nq, T, W] (blocks are sized as if it were W more patches). The default is S_inj itself."""
+        return S_inj
+
+    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+        """phi [n, Nq, T] over each document's patches S [n, Nq, T, M] (S unchanged) plus its query's injected
+        ones, given as ``injected_summary(S_inj)`` [Nq, T, W]. The default pools the concatenation
+        [n, Nq, T, M + K]; poolings that can merge per-part statistics override both methods so that the cost
+        per block does not grow with K."""
+        return self.pool_tokens(*concat_parts(S, mask, summary))
+
     def __str__(self) -> str:
         return self.spec
 
@@ -116,11 +153,22 @@ class MaxSim(Pooling):
 
     def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         # .max (not .amax): autograd then routes the gradient to the same single index as `jacobian`.
-        return _masked_fill(S, mask, float("-inf")).max(-1).values
+        return fill_masked(S, mask, float("-inf")).max(-1).values
 
     def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
-        idx = _masked_fill(S, mask, float("-inf")).max(-1, keepdim=True).indices
+        idx = fill_masked(S, mask, float("-inf")).max(-1, keepdim=True).indices
         return torch.zeros_like(S).scatter_(-1, idx, 1.0)
+
+    def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
+        if grad:  # the Top-1 kernel: W one-hot, None on a tie (the reference then takes the first index)
+            return top_k_block(S, mask, 1, grad, scratch)
+        return fill_masked_(S, mask, float("-inf")).amax(-1), None
+
+    def injected_summary(self, S_inj: Tensor) -> Tensor:
+        return largest(S_inj, 1)
+
+    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+        return self.reduce(top_of_parts(S, mask, summary, 1))
 
 
 @register
@@ -154,7 +202,7 @@ class TopK(Pooling):
 
     def _top(self, S: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         k = min(self.k, S.shape[-1])
-        vals, idx = _masked_fill(S, mask, float("-inf")).topk(k, dim=-1)
+        vals, idx = fill_masked(S, mask, float("-inf")).topk(k, dim=-1)
         valid = torch.isfinite(vals)
         return vals, idx, valid
 
@@ -167,6 +215,15 @@ class TopK(Pooling):
         _, idx, valid = self._top(S, mask)
         share = valid.to(S.dtype) / valid.sum(-1, keepdim=True).to(S.dtype)
         return torch.zeros_like(S).scatter_(-1, idx, share)
+
+    def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
+        return top_k_block(S, mask, min(self.k, S.shape[-1]), grad, scratch)
+
+    def injected_summary(self, S_inj: Tensor) -> Tensor:
+        return largest(S_inj, self.k)
+
+    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+        return self.reduce(top_of_parts(S, mask, summary, self.k))
 
 
 @register
@@ -203,18 +260,46 @@ class Softmax(Pooling):
 
     def weights(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         """w_j = softmax_j(S_j / tau) over valid patches (0 on masked ones)."""
-        return torch.softmax(_masked_fill(S, mask, float("-inf")) / self.tau, dim=-1)
+        return torch.softmax(fill_masked(S, mask, float("-inf")) / self.tau, dim=-1)
 
     def selection(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.weights(S, mask)
 
     def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
-        return (self.weights(S, mask) * _masked_fill(S, mask, 0.0)).sum(-1)
+        return (self.weights(S, mask) * fill_masked(S, mask, 0.0)).sum(-1)
 
     def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         w = self.weights(S, mask)
-        phi = (w * _masked_fill(S, mask, 0.0)).sum(-1, keepdim=True)
-        return w * (1 + (_masked_fill(S, mask, 0.0) - phi) / self.tau)
+        phi = (w * fill_masked(S, mask, 0.0)).sum(-1, keepdim=True)
+        return w * (1 + (fill_masked(S, mask, 0.0) - phi) / self.tau)
+
+    def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
+        # phi = tau * sum_j w_j X_j with X = S / tau, w = softmax(X)
+        X = fill_masked_(S, mask, float("-inf")).div_(self.tau)
+        w = torch.softmax(X, dim=-1) if grad else torch.softmax(X, dim=-1, out=scratch)
+        wX = fill_masked_(torch.mul(w, X, out=scratch) if grad else w.mul_(X), mask, 0.0)  # masked: w X = 0, not nan
+        phi = self.tau * wX.sum(-1)
+        if not grad:
+            return phi, None
+        return phi, fill_masked_(w.mul_(X.sub_((phi / self.tau).unsqueeze(-1)).add_(1.0)), mask, 0.0)
+
+    def injected_summary(self, S_inj: Tensor) -> Tensor:
+        """The injected part's max, Z = sum_j e^{(S_j - max) / tau} and N = sum_j e^{(S_j - max) / tau} S_j:
+        [Nq, T, 3]."""
+        top = S_inj.amax(-1, keepdim=True)
+        E = ((S_inj - top) / self.tau).exp()
+        return torch.cat([top, E.sum(-1, keepdim=True), (E * S_inj).sum(-1, keepdim=True)], dim=-1)
+
+    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+        """The partial sums Z and N of the two parts merged with a shared max shift:
+        phi = (N_doc + N_inj) / (Z_doc + Z_inj)."""
+        top_i, Z_i, N_i = summary.unbind(-1)  # [Nq, T] each
+        Sm = fill_masked(S, mask, float("-inf"))
+        top_o = Sm.amax(-1)  # [n, Nq, T]; every document has a real patch
+        E = ((Sm - top_o.unsqueeze(-1)) / self.tau).exp()  # 0 on masked patches (S there is finite)
+        top = torch.maximum(top_o, top_i)
+        a, b = ((top_o - top) / self.tau).exp(), ((top_i - top) / self.tau).exp()
+        return (a * (E * S).sum(-1) + b * N_i) / (a * E.sum(-1) + b * Z_i)
 
 
 @register
@@ -229,11 +314,26 @@ class Mean(Pooling):
         return "Mean"
 
     def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
-        return _masked_fill(S, mask, 0.0).sum(-1) / _valid_count(S, mask)
+        return fill_masked(S, mask, 0.0).sum(-1) / valid_count(S, mask)
 
     def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         ones = torch.ones_like(S) if mask is None else mask.expand_as(S).to(S.dtype)
-        return ones / _valid_count(S, mask).unsqueeze(-1)
+        return ones / valid_count(S, mask).unsqueeze(-1)
+
+    def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
+        count = S.shape[-1] if mask is None else mask.sum(-1, keepdim=True).to(S.dtype)  # [n, 1, 1, 1]
+        phi = fill_masked_(S, mask, 0.0).sum(-1) / (count if mask is None else count.squeeze(-1))
+        if not grad:
+            return phi, None
+        return phi, (torch.ones_like(S) if mask is None else mask.expand_as(S).to(S.dtype)) / count
+
+    def injected_summary(self, S_inj: Tensor) -> Tensor:
+        """The injected part's sum and count: [Nq, T, 2]."""
+        return torch.stack([S_inj.sum(-1), torch.full_like(S_inj[..., 0], S_inj.shape[-1])], dim=-1)
+
+    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+        total, count = summary.unbind(-1)
+        return (fill_masked(S, mask, 0.0).sum(-1) + total) / ((S.shape[-1] if mask is None else mask.sum(-1)) + count)
 
 
 def parse_pooling(spec: str | Pooling) -> Pooling:

@@ -35,11 +35,10 @@ import torch
 from torch import Tensor
 
 from .checks import check_positive_float, check_positive_int
+from .kernels import Pooled, fill_masked, largest, top_of_parts, valid_count
 from .pooling import (
     MaxSim,
     Pooling,
-    _masked_fill,
-    _valid_count,
     pool,  # noqa: F401  (used by the doctests)
     register,
 )
@@ -143,14 +142,14 @@ class LengthCalibratedMaxSim(Pooling):
         if self.sigma is not None:
             return torch.full(S.shape[:-1], self.sigma, dtype=S.dtype, device=S.device)
         S = S.detach()
-        n = _valid_count(S, mask)
-        mean = _masked_fill(S, mask, 0.0).sum(-1) / n
-        dev = _masked_fill(S - mean.unsqueeze(-1), mask, 0.0)
+        n = valid_count(S, mask)
+        mean = fill_masked(S, mask, 0.0).sum(-1) / n
+        dev = fill_masked(S - mean.unsqueeze(-1), mask, 0.0)
         return ((dev**2).sum(-1) / (n - 1).clamp_min(1)).sqrt()
 
     def calibration(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         """The subtracted term sigma * e(M_valid), shaped like S without its last axis (no gradient)."""
-        return self.noise_scale(S, mask) * expected_max_normal_tensor(_valid_count(S, mask))
+        return self.noise_scale(S, mask) * expected_max_normal_tensor(valid_count(S, mask))
 
     def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         return MaxSim().reduce(S, mask) - self.calibration(S, mask)
@@ -177,24 +176,37 @@ class _RankWindow(Pooling):
 
     def _weights_sorted(self, S: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         k = min(self.max_rank, S.shape[-1])
-        vals, idx = _masked_fill(S, mask, float("-inf")).topk(k, dim=-1)  # descending, masked last
-        n = _valid_count(S, mask).long()
+        vals, idx = fill_masked(S, mask, float("-inf")).topk(k, dim=-1)  # descending, masked last
+        n = valid_count(S, mask).long()
         lo, hi = self.window(n)
         r = torch.arange(k, device=S.device)
         inside = (r >= lo.unsqueeze(-1)) & (r < hi.unsqueeze(-1))
         w = inside.to(S.dtype) / (hi - lo).unsqueeze(-1).to(S.dtype)
         return vals, idx, w
 
+    def reference_block(self, S: Tensor, mask: Tensor | None, grad: bool) -> Pooled:
+        """phi and, with ``grad``, W from one partial sort of S [..., M]."""
+        vals, idx, w = self._weights_sorted(S, mask)
+        phi = (w * torch.where(w > 0, vals, torch.zeros_like(vals))).sum(-1)
+        return phi, torch.zeros_like(S).scatter_(-1, idx, w) if grad else None
+
     def reduce(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
-        vals, _, w = self._weights_sorted(S, mask)
-        return (w * torch.where(w > 0, vals, torch.zeros_like(vals))).sum(-1)
+        return self.reference_block(S, mask, False)[0]
 
     def jacobian(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
-        _, idx, w = self._weights_sorted(S, mask)
-        return torch.zeros_like(S).scatter_(-1, idx, w)
+        return self.reference_block(S, mask, True)[1]
 
     def selection(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.jacobian(S, mask)
+
+    # The window depends on the n real entries only through min(n, max_rank) and the top max_rank values;
+    # cutting each part to its own top max_rank keeps both: same window, same sorted values, same bits.
+    def injected_summary(self, S_inj: Tensor) -> Tensor:
+        return largest(S_inj, self.max_rank)
+
+    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+        top = top_of_parts(S, mask, summary, self.max_rank)
+        return self.reduce(top, torch.isfinite(top))
 
 
 @register
@@ -342,14 +354,14 @@ class Capacity(Pooling):
         """
         valid = torch.ones_like(S, dtype=torch.bool) if mask is None else mask.expand_as(S)
         patch_ok = valid.any(-2, keepdim=True)  # [..., 1, M]
-        mass = (_masked_fill(S.detach(), valid, 0.0) != 0).any(-1, keepdim=True).to(S.dtype)  # [..., T, 1]
+        mass = (fill_masked(S.detach(), valid, 0.0) != 0).any(-1, keepdim=True).to(S.dtype)  # [..., T, 1]
         n_patch = patch_ok.sum(-1, keepdim=True).to(S.dtype)  # [..., 1, 1]
         cap = torch.maximum(torch.full_like(n_patch, self.capacity), mass.sum(-2, keepdim=True) / n_patch)
-        logits = _masked_fill(S, valid, float("-inf")) / self.eps
+        logits = fill_masked(S, valid, float("-inf")) / self.eps
         tiny = torch.finfo(S.dtype).tiny
         if log_domain is None:
             Sd = S.detach()
-            span = (_masked_fill(Sd, valid, float("-inf")).amax() - _masked_fill(Sd, valid, float("inf")).amin())
+            span = (fill_masked(Sd, valid, float("-inf")).amax() - fill_masked(Sd, valid, float("inf")).amin())
             log_domain = bool(span / self.eps >= (60.0 if S.dtype != torch.float64 else 600.0))
         if log_domain:
             g = torch.zeros_like(S[..., :1, :])  # patch prices / eps, [..., 1, M]
@@ -371,7 +383,7 @@ class Capacity(Pooling):
     def pool_tokens(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         P = self.plan(S, mask)
         valid = None if mask is None else mask.expand_as(S)
-        return (P * _masked_fill(S, valid, 0.0)).sum(-1)
+        return (P * fill_masked(S, valid, 0.0)).sum(-1)
 
     def selection(self, S: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.plan(S.detach(), mask)

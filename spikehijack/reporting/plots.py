@@ -6,6 +6,7 @@ Each chapter's plotting helpers live here (append new ones at the end of this fi
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -44,7 +45,7 @@ def line_with_band(
 def plot_gini_vs_length(ax: plt.Axes, df: pd.DataFrame, bound: bool = True) -> plt.Axes:
     """Gini of g_j against M (log scale), one line per pooling with its 95% band; MaxSim's 1 - T/M dashed.
 
-    ``df`` is a ``theory.gini_sweep`` table (pooling, M, mean, ci_low, ci_high, maxsim_bound).
+    ``df`` is a ``ch01_theory.gini_sweep`` table (pooling, M, mean, ci_low, ci_high, maxsim_bound).
     """
     line_with_band(ax, df, "M", "mean", "pooling")
     if bound:
@@ -66,7 +67,7 @@ def plot_noise_growth(
 ) -> plt.Axes:
     """Monte-Carlo pooled noise against M (log scale) with 95% bands, plus closed-form curves (dashed).
 
-    ``mc`` is a ``theory.noise_pool_monte_carlo`` table; ``curves`` maps a label to (Ms, values);
+    ``mc`` is a ``ch01_theory.noise_pool_monte_carlo`` table; ``curves`` maps a label to (Ms, values);
     ``levels`` maps a label to a constant (e.g. a large-M limit), drawn as a dotted horizontal line.
     """
     line_with_band(ax, mc, "M", "mean", "pooling")
@@ -99,7 +100,7 @@ def plot_similarity_matrix(ax: plt.Axes, S, title: str, xlabel: str, ylabel: str
 
 
 def plot_curves(ax: plt.Axes, summary: pd.DataFrame, x: str, ylabel: str, title: str = "") -> plt.Axes:
-    """Lines with 95 % bands from a ``train.curves`` table (columns label, x, mean, ci_low, ci_high)."""
+    """Lines with 95 % bands from a ``ch02_spikes.curves`` table (columns label, x, mean, ci_low, ci_high)."""
     line_with_band(ax, summary, x, "mean", "label")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -108,8 +109,6 @@ def plot_curves(ax: plt.Axes, summary: pd.DataFrame, x: str, ylabel: str, title:
 
 def plot_patch_gradients(ax: plt.Axes, g, kinds, title: str) -> plt.Axes:
     """Stem plot of one document's patch gradient norms g [M], coloured by patch kind names [M]."""
-    import numpy as np
-
     g, kinds = np.asarray(g), np.asarray(kinds)
     colors = {"support": "#1f77b4", "filler": "#bbbbbb", "shared": "#ff7f0e", "spike": "#d62728"}
     for k in dict.fromkeys(kinds.tolist()):
@@ -128,7 +127,7 @@ def plot_patch_gradients(ax: plt.Axes, g, kinds, title: str) -> plt.Axes:
 
 def plot_frontier(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, title: str = "",
                   labels: dict[str, str] | None = None, new: tuple[str, ...] = ()) -> plt.Axes:
-    """One labelled point per pooling (``beyond.frontier_table``): e.g. Gini against clean or injected R@1.
+    """One labelled point per pooling (``ch05_findings.frontier_table``): e.g. Gini against clean or injected R@1.
 
     Poolings named in ``new`` are drawn as stars; Pareto-optimal ones (column ``pareto``) get a black edge.
     """
@@ -147,9 +146,7 @@ def plot_frontier(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, title: str 
 
 
 def plot_swap_vs_retrained(ax: plt.Axes, table: pd.DataFrame, metric: str, title: str = "") -> plt.Axes:
-    """Grouped bars with 95 % CIs from ``beyond.retraining_table``: one group per pooling, swap vs retrained."""
-    import numpy as np
-
+    """Grouped bars with 95 % CIs from ``ch05_findings.retraining_table``: one group per pooling, swap vs retrained."""
     pools = list(dict.fromkeys(table["pooling"]))
     modes = ["swap", "retrained"]
     width = 0.38

@@ -63,7 +63,7 @@ TOLERANCES: tuple[Tolerance, ...] = (
     Tolerance("noise_growth_mc_01.csv", "*", 1e-5, 1e-5, "Monte Carlo of untrained noise maxima drawn in float32 "
               "(theory.noise_pool_monte_carlo, for speed): float32 means of thousands of draws, 2.5e-9 measured; 1e-5 "
               "leaves room for other vector widths and stays far below the printed 3 decimals"),
-    Tolerance("*", "*", 1e-6, 1e-6, "float64 end to end in the quick profile (device.PRECISION): every other number "
+    Tolerance("*", "*", 1e-6, 1e-6, "float64 end to end in the quick profile (profiles.py): every other number "
               "agreed to 6.5e-13 or better across 3 CPU code paths, a second CPU with torch 2.11 and an H200; 1e-6 "
               "keeps every printed digit while a real change fails"),
 )

@@ -36,6 +36,7 @@ except ImportError as e:  # pragma: no cover - exercised by a test that hides ra
     ) from e
 
 import pandas as pd
+import torch
 
 from ..core.checks import check_positive_float, check_positive_int
 
@@ -47,8 +48,6 @@ _ENV_TOUCHED = ("PYTHONPATH", "RAY_AUTH_MODE")
 
 def _run_one(run_fn: Callable[[dict[str, Any]], pd.DataFrame], config: dict[str, Any], threads: int) -> Any:
     """Body of one Ray task: pin torch threads to the task's CPU allotment, then run."""
-    import torch
-
     torch.set_num_threads(threads)
     return run_fn(config)
 

@@ -92,14 +92,25 @@ def get_executor(name: str) -> Executor:
     return ex
 
 
+def flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as the cache hashes it: lists and tuples joined with "," (``["maxsim", "topk:4"]`` ->
+    ``"maxsim,topk:4"``), everything else as it is.
+
+    >>> flat_config({"poolings": ["maxsim", "topk:4"], "seeds": (0, 1), "length": 64})
+    {'poolings': 'maxsim,topk:4', 'seeds': '0,1', 'length': 64}
+    """
+    return {k: ",".join(str(x) for x in v) if isinstance(v, list | tuple) else v for k, v in config.items()}
+
+
+def _columns(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as table columns: ``flat_config``, with any other non-scalar as its string form."""
+    return {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
+            for k, v in flat_config(config).items()}
+
+
 def run_key(config: Mapping[str, Any]) -> str:
-    """The cache key of a run: a hash of its config."""
-    return config_hash(dict(config))
-
-
-def _flat(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Config values as table columns (non-scalars as their string form)."""
-    return {k: v if isinstance(v, int | float | str | bool) or v is None else str(v) for k, v in config.items()}
+    """The cache key of a run: a hash of its flattened config (``flat_config``)."""
+    return config_hash(flat_config(config))
 
 
 def load_cached(configs: Iterable[Mapping[str, Any]], cache_dir: str | Path) -> pd.DataFrame:
@@ -140,7 +151,7 @@ def run_grid(
     def on_result(key: str, df: pd.DataFrame) -> None:
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"run_fn must return a pandas DataFrame, got {type(df).__name__}")
-        cols = {"run_key": key, **_flat(by_key[key])}
+        cols = {"run_key": key, **_columns(by_key[key])}
         df = df.assign(**{k: v for k, v in cols.items() if k not in df.columns})
         write_csv(df, cache_dir / f"{key}.csv")
         bar.update(1)

@@ -7,13 +7,12 @@ colpali-engine's interface: ``ColQwen2_5.from_pretrained`` / ``ColQwen2_5_Proces
 (embeddings [B, L, 128]); ``processor.get_image_mask(batch)`` marks the image tokens, the only page vectors kept.
 
 Workflow: on a GPU machine ``python -m spikehijack embed-colqwen --out .cache/vidore_biomed.npz`` encodes the BEIR
-layout (corpus, queries, qrels) once; then ``load_vidore_task(path)`` gives a ``real.RealTask`` (several relevant
+layout (corpus, queries, qrels) once; then ``load_vidore_task(path)`` gives a ``tasks.RealTask`` (several relevant
 pages per query in ``meta["relevance"]``) that every function of ``spikehijack.chapters.ch04_real`` accepts, on CPU.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.checks import check_positive_int
+from ..core.device import resolve_device
+from ..io import read_npz, write_npz
+from .tasks import RealTask
 
 DEFAULT_MODEL = "vidore/colqwen2.5-v0.2"
 DEFAULT_DATASET = "vidore/biomedical_lectures_eng_v2"
@@ -55,8 +57,6 @@ class ColQwenEncoder:
 
     def __init__(self, model_name: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 4,
                  model: Any = None, processor: Any = None, progress: bool = False):
-        from ..core.device import resolve_device
-
         self.device = resolve_device(device)
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.progress = progress
@@ -144,8 +144,6 @@ def _ragged_arrays(items: list[Tensor]) -> tuple[np.ndarray, np.ndarray]:
 
 def embed_beir(encoder: Any, data: BeirData, path: str | Path) -> Path:
     """Encode queries and pages once and write them (atomic npz, no pickle) for CPU-side experiments."""
-    from ..io import write_npz
-
     qv, qo = _ragged_arrays(encoder.encode_queries(data.queries))
     dv, do = _ragged_arrays(encoder.encode_documents(data.images))
     col = {c: j for j, c in enumerate(data.corpus_ids)}
@@ -156,11 +154,8 @@ def embed_beir(encoder: Any, data: BeirData, path: str | Path) -> Path:
                      queries=np.array(data.queries, dtype=str), model=np.array(getattr(encoder, "name", "")))
 
 
-def load_vidore_task(path: str | Path, name: str = "vidore-biomed"):
-    """The cached embeddings as a ``real.RealTask``: gold = first relevant page, ``meta["relevance"]`` = all."""
-    from ..chapters.ch04_real import RealTask
-    from ..io import read_npz
-
+def load_vidore_task(path: str | Path, name: str = "vidore-biomed") -> RealTask:
+    """The cached embeddings as a ``tasks.RealTask``: gold = first relevant page, ``meta["relevance"]`` = all."""
     z = read_npz(path)
 
     def split(v: np.ndarray, o: np.ndarray) -> list[Tensor]:
@@ -175,22 +170,3 @@ def load_vidore_task(path: str | Path, name: str = "vidore-biomed"):
     return RealTask(name=name, queries=qs, documents=ds, gold=gold, query_ids=[str(x) for x in z["query_ids"]],
                     doc_ids=[str(x) for x in z["corpus_ids"]], query_text=[[str(x)] for x in z["queries"]],
                     release=str(z["model"]), meta={"relevance": R})
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed-colqwen", help="(optional extra, GPU + hub) encode ViDoRe biomedical with ColQwen2.5")
-    p.add_argument("--out", default=".cache/vidore_biomed_colqwen.npz")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
-    p.add_argument("--language", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.set_defaults(func=_cli_embed)
-
-
-def _cli_embed(args: argparse.Namespace) -> int:  # pragma: no cover - needs the extra, a GPU and the hub
-    data = load_beir(args.dataset, language=args.language)
-    enc = ColQwenEncoder(args.model, device=args.device, batch_size=args.batch_size, progress=True)
-    path = embed_beir(enc, data, args.out)
-    print(f"wrote {len(data.queries)} queries and {len(data.corpus_ids)} pages to {path}")
-    return 0
