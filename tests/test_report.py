@@ -20,13 +20,15 @@ from spikehijack.chapters.ch06_report import (
     markdown_table,
     readme_block,
     report_table,
+    stack_claims,
     sync_tables,
     update_readme,
     verdict_summary,
+    write_claims,
 )
 from spikehijack.io import REPO_ROOT, write_csv
+from spikehijack.reporting.claims import COLUMNS, row
 from spikehijack.reporting.regeneration import compare_tables
-from spikehijack.reporting.stats import claim_row
 
 TRACKED = REPO_ROOT / "reports" / "quick"
 TRACKED_BY_PROFILE = {"quick": TRACKED, "paper": REPO_ROOT / "reports" / "paper" / "tables"}
@@ -34,18 +36,27 @@ TRACKED_BY_PROFILE = {"quick": TRACKED, "paper": REPO_ROOT / "reports" / "paper"
 
 def _write_tables(folder: Path) -> None:
     write_csv(pd.DataFrame([
-        claim_row("1. Gini ordering", "Gini MaxSim", "~0.78", 0.77, 0.76, 0.78, "reproduced", "nb 02, Fig. 2"),
-        claim_row("Top-4 beats MaxSim at large M", "R@1 gap at M=256", "> 0", -0.01, -0.03, 0.01,
-                  "not reproduced", "notebook 02, Figure 4"),
+        row("1", "MaxSim > Top-4", "synthetic", "Gini gap", "> 0", 0.07, 0.06, 0.08, "reproduced", "nb 02, Fig. 2",
+            n_seeds=5),
+        row("4", "Top-4 > MaxSim at large M", "synthetic", "R@1 gap at M=256", "> 0", -0.01, -0.03, 0.01,
+            "not reproduced", "notebook 02, Figure 4", n_seeds=5),
     ]), folder / "claims_02.csv")
     write_csv(pd.DataFrame([
-        claim_row("Gaussian injection barely hurts", "retained R@1", "97 %", 0.95, 0.95, 0.95, "reproduced", ""),
-        claim_row("C8 argmax moves to spikes", "share", "83 %", 0.8, 0.7, 0.9, "partly reproduced", "Fig 3"),
+        row("7", "Gaussian barely hurts", "real", "retained R@1", "97 %", 0.95, 0.95, 0.95, "indicative", "",
+            n_seeds=1, base_hits=80),
+        row("8", "spikes take most", "real", "share", "83 %", 0.8, 0.7, 0.9, "reproduced", "Fig 3", n_queries=160),
     ]), folder / "claims_04.csv")
     write_csv(pd.DataFrame([
-        claim_row("Capacity pooling beats MaxSim | frontier", "retained R@1", "n/a (new)", 0.4, 0.3, 0.5,
-                  "refuted", "notebook 05, Figure 6"),
+        row("B3", "capacity beats MaxSim | frontier", "synthetic", "retained R@1", "n/a (new)", 0.4, 0.3, 0.5,
+            "supported", "notebook 05, Figure 6", n_seeds=2, base_hits=40),
     ]), folder / "claims_05.csv")
+
+
+def _write_legacy(folder: Path) -> None:
+    """A claims table written before the registry (the committed paper profile's format)."""
+    pd.DataFrame([{"claim": "5", "quantity": "retained", "paper": "0.278", "ours": 0.1, "ci_low": 0.0,
+                   "ci_high": 0.2, "verdict": "refuted", "where": "nb 03"}]).to_csv(folder / "claims_03.csv",
+                                                                                    index=False)
 
 
 def test_claim_number_reads_numbers_then_keywords():
@@ -63,28 +74,34 @@ def test_claim_number_reads_numbers_then_keywords():
 
 def test_load_and_render(tmp_path):
     _write_tables(tmp_path)
+    _write_legacy(tmp_path)
     claims = load_claims(tmp_path)
-    assert list(claims["key"]) == ["1", "4", "7", "8", "B"]
-    assert list(claims["notebook"]) == ["02", "02", "04", "04", "05"]
+    assert list(claims["key"]) == ["1", "4", "5", "7", "8", "B"]
+    assert list(claims["notebook"]) == ["02", "02", "03", "04", "04", "05"]
+    assert list(claims["legacy"]) == [False, False, True, False, False, False]
     table = report_table(claims)
-    assert table.loc[0, "ours (95% CI)"] == "0.770 [0.760, 0.780]"
-    assert table.loc[2, "ours (95% CI)"] == "0.950"  # zero-width interval (n = 1)
-    assert table.loc[2, "where"] == "notebook 04"
-    assert table.loc[3, "where"] == "Fig 3 (nb 04)"
+    assert table.loc[0, "ours (95% CI)"] == "0.070 [0.060, 0.080]"
+    assert table.loc[0, "link"] == "MaxSim > Top-4: Gini gap" and table.loc[0, "world"] == "synthetic"
+    assert table.loc[2, "verdict"] == "⛔ refuted (old rules)" and table.loc[2, "link"] == "retained"
+    assert table.loc[3, "ours (95% CI)"] == "0.950"  # zero-width interval (n = 1)
+    assert table.loc[3, "where"] == "notebook 04"
+    assert table.loc[4, "where"] == "Fig 3 (nb 04)"
     assert table.loc[1, "claim"].startswith("Recall falls with M")  # the paper's wording for claim 4
     md = markdown_table(table)
     assert md.count("\n") == len(table) + 1 and "beats MaxSim \\| frontier" in md
     summary = verdict_summary(claims)
-    assert summary.loc["paper claims"].sum() == 4 and summary.loc["beyond the paper", "refuted"] == 1
+    assert summary.loc["paper claims"].sum() == 5 and summary.loc["beyond the paper", "supported"] == 1
     cov = coverage(claims)
-    assert cov.set_index("#").loc[4, "rows"] == 1 and cov.set_index("#").loc[2, "rows"] == 0
+    assert cov.set_index("#").loc["4", "rows"] == 1 and cov.set_index("#").loc["2", "rows"] == 0
 
 
-def test_load_claims_rejects_incomplete_tables(tmp_path):
-    pd.DataFrame({"claim": ["x"], "ours": [1.0]}).to_csv(tmp_path / "claims_03.csv", index=False)
-    with pytest.raises(ValueError, match="claims_03.csv"):
-        load_claims(tmp_path)
-    assert load_claims(tmp_path / "missing").empty
+def test_one_tidy_claims_csv_is_what_the_report_reads(tmp_path):
+    _write_tables(tmp_path)
+    stacked = stack_claims(tmp_path)
+    write_claims(stacked, tmp_path / "claims.csv")
+    assert list(pd.read_csv(tmp_path / "claims.csv").columns) == [*COLUMNS, "notebook"]
+    (tmp_path / "claims_02.csv").unlink()  # the report now reads claims.csv, not the chapters' tables
+    pd.testing.assert_frame_equal(load_claims(tmp_path), stacked, check_dtype=False)
 
 
 def test_format_estimate():

@@ -10,7 +10,7 @@ from spikehijack.core.gradients import pooling_jacobian, score_grad_documents, s
 from spikehijack.core.metrics import gini, infonce_loss, mrr, ndcg_at_k, patch_gradient_norms, recall_at_k
 from spikehijack.core.pooling import Softmax, TopK, available_poolings, jacobian, parse_pooling, pool, selection
 from spikehijack.core.scoring import pad, score_matrix, score_pairs, similarities
-from spikehijack.reporting import stats
+from spikehijack.reporting import claims, stats
 from spikehijack.runner.sweeps import get_executor, run_grid
 
 Q = torch.randn(2, 3, 4)
@@ -210,7 +210,7 @@ def test_stats_and_sweeps_bad_input(tmp_path):
     with pytest.raises(ValueError, match="^paired_test needs two equal-length samples"):
         stats.paired_test([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="^verdict must be one of"):
-        stats.claim_row("c", "q", "p", 0.1, 0.0, 0.2, "maybe", "nb")
+        claims.row("c", "l", "w", "q", "p", 0.1, 0.0, 0.2, "maybe", "nb")
     with pytest.raises(ValueError, match="^unknown executor 'slurm'; valid: local, ray"):
         get_executor("slurm")
     with pytest.raises(ValueError, match="^configs contains duplicates"):

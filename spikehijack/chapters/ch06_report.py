@@ -1,9 +1,11 @@
 """The reproduction report: every claims table of the book in one place, and the README's results table.
 
-Each chapter writes ``claims_NN.csv`` (rows from ``stats.claim_row``: claim, quantity, paper, ours, ci_low,
-ci_high, verdict, where) into ``io.results_dir(profile)``. This module reads them, ties each row to a claim
-of PAPER.md section 5 (or to a finding of notebook 05) and renders the tables that notebook 06 shows and that
-``scripts/update_readme_results.py`` writes into README.md between the markers below.
+Each chapter writes ``claims_NN.csv`` (rows from ``reporting.claims.row``, verdicts decided there) into
+``io.results_dir(profile)``. This module stacks them into one tidy ``claims.csv`` per profile, ties each row to a
+claim of PAPER.md section 5 (or to a finding of notebook 05) and renders the tables that notebook 06 shows and
+that ``scripts/update_readme_results.py`` writes into README.md between the markers below. Tables written before
+the claims registry (``LEGACY_COLUMNS``, e.g. the committed paper profile) are read as they are, their verdicts
+marked as under the old rules.
 
 The README is generated from the *tracked* copies under ``reports/quick/`` (``sync_tables`` copies them
 from ``results/quick/``), so a fresh clone can check README against tables before any notebook runs.
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import REPO_ROOT, atomic_write, results_dir
+from ..io import REPO_ROOT, atomic_write, results_dir, write_csv
+from ..reporting import claims
 
 #: README markers per profile: the quick block (``make reproduce``) and the paper block (``make paper``).
 MARKERS = {"quick": ("<!-- results:start -->", "<!-- results:end -->"),
@@ -28,26 +31,30 @@ TRACKED = {"quick": REPO_ROOT / "reports" / "quick", "paper": REPO_ROOT / "repor
 _INTRO = {
     "quick": "Quick profile (`make reproduce`, CPU). Paper: the number the paper reports; ours: mean with its 95 % "
              "confidence interval; the full report with figures is "
-             "[notebooks/06_reproduction_report.ipynb](notebooks/06_reproduction_report.ipynb).",
+             "[notebooks/06_reproduction_report.ipynb](notebooks/06_reproduction_report.ipynb). Verdicts "
+             "(rules in `spikehijack/reporting/claims.py`): reproduced / partly / not reproduced; indicative (an "
+             "interval over 2 seeds that cannot decide); untestable here (too few base hits: a floor); calibrated "
+             "(a calibration target); mechanism (untrained inputs); findings: supported / not supported / "
+             "inconclusive.",
     "paper": "Paper profile (`make paper`: PAPER.md settings, 5 seeds, 100 epochs; run once on CPU and committed). "
              "The executed notebooks with every figure are under [reports/paper/](reports/paper/), the report first: "
-             "[reports/paper/06_reproduction_report.ipynb](reports/paper/06_reproduction_report.ipynb).",
+             "[reports/paper/06_reproduction_report.ipynb](reports/paper/06_reproduction_report.ipynb). Its "
+             "verdicts were decided by the rules before the claims registry (marked \"old rules\"); `make paper` "
+             "re-judges them.",
 }
-CLAIM_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]
-VERDICTS = ["reproduced", "partly reproduced", "not reproduced", "refuted"]
-VERDICT_MARK = {"reproduced": "✅", "partly reproduced": "🟡", "not reproduced": "❌", "refuted": "⛔"}
-
-#: PAPER.md section 5, the eight claims the reproduction tests.
-PAPER_CLAIMS: dict[int, str] = {
-    1: "Gini ordering MaxSim > Top-k > Softmax, in synthetic training and on a real model",
-    2: "The ordering appears early in training and stays stable",
-    3: "MaxSim and Top-4 reach similar Recall@1; Softmax (tau = 1) is clearly worse",
-    4: "Recall falls with M for every pooling; MaxSim falls fastest; Top-4 beats MaxSim at large M",
-    5: "Token-targeted spike injection collapses MaxSim and Top-k recall; Softmax keeps far more",
-    6: "Larger k does not restore robustness under spike injection",
-    7: "Gaussian-patch injection of the same size barely hurts",
-    8: "Most token-wise argmax selections move to injected spikes",
-}
+CLAIM_COLUMNS = claims.COLUMNS
+#: The columns of claims tables written before the registry (verdicts under the old rules).
+LEGACY_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]
+LEGACY_VERDICTS = ("refuted",)
+VERDICTS = [*claims.VERDICTS, *LEGACY_VERDICTS]
+VERDICT_MARK = {"reproduced": "✅", "partly reproduced": "🟡", "not reproduced": "❌", "indicative": "🔹",
+                "untestable here": "⬜", "calibrated": "🎯", "mechanism": "⚙️", "supported": "✅",
+                "not supported": "❌", "inconclusive": "⬜", "refuted": "⛔"}
+VERDICT_COLOR = {"reproduced": "#2ca02c", "partly reproduced": "#bcbd22", "not reproduced": "#d62728",
+                 "indicative": "#9ecae1", "untestable here": "#c7c7c7", "calibrated": "#9467bd",
+                 "mechanism": "#8c564b", "supported": "#2ca02c", "not supported": "#d62728",
+                 "inconclusive": "#c7c7c7", "refuted": "#7f0000"}
+PAPER_CLAIMS = claims.PAPER_CLAIMS
 
 # Fallback keywords when a claim's text does not start with its number (checked in this order).
 _KEYWORDS: list[tuple[int, tuple[str, ...]]] = [
@@ -92,27 +99,49 @@ def claims_files(tables_dir: str | os.PathLike) -> list[Path]:
     return sorted(d.glob("claims_[0-9][0-9].csv")) if d.is_dir() else []
 
 
-def load_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every claims table of a folder, stacked, with ``notebook`` ("02") and ``key`` (see ``claim_number``).
+def stack_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
+    """Every chapter's claims table of a folder, stacked (``CLAIM_COLUMNS``), with ``notebook`` ("02"), ``key``
+    (see ``claim_number``) and ``legacy`` (True for tables written before the claims registry).
 
-    Raises ValueError naming the file when a table lacks a column of ``stats.claim_row``.
+    Raises ValueError naming the file when a table lacks a column of ``reporting.claims.row``.
     """
     frames = []
     for path in claims_files(tables_dir):
-        df = pd.read_csv(path, dtype={"paper": str, "where": str, "claim": str, "quantity": str})
-        missing = [c for c in CLAIM_COLUMNS if c not in df.columns]
+        df = pd.read_csv(path, dtype={"paper": str, "where": str, "claim": str, "quantity": str, "link": str,
+                                      "world": str})
+        legacy = "link" not in df.columns
+        missing = [c for c in (LEGACY_COLUMNS if legacy else CLAIM_COLUMNS) if c not in df.columns]
         if missing:
             raise ValueError(f"{path.name}: missing column(s) {missing}; expected {CLAIM_COLUMNS}")
         nb = path.stem.split("_")[1]
-        df = df[CLAIM_COLUMNS].assign(notebook=nb)
+        df = df.reindex(columns=CLAIM_COLUMNS).assign(notebook=nb, legacy=legacy)
         df["key"] = [claim_number(c, nb) for c in df["claim"]]
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=CLAIM_COLUMNS + ["notebook", "key"])
-    out = pd.concat(frames, ignore_index=True)
-    out["_order"] = [_key_order(k) for k in out["key"]]
-    out = out.sort_values(["_order", "notebook"], kind="stable").drop(columns="_order")
-    return out.reset_index(drop=True)
+        return pd.DataFrame(columns=CLAIM_COLUMNS + ["notebook", "legacy", "key"])
+    return _ordered(pd.concat(frames, ignore_index=True))
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    table = table.assign(_order=[_key_order(k) for k in table["key"]])
+    return table.sort_values(["_order", "notebook"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+def load_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
+    """A profile's claims: its ``claims.csv`` (written by notebook 06) when the folder has one, else the chapters'
+    tables stacked (``stack_claims``)."""
+    path = Path(tables_dir) / "claims.csv"
+    if not path.exists():
+        return stack_claims(tables_dir)
+    df = pd.read_csv(path, dtype={"paper": str, "where": str, "claim": str, "quantity": str, "link": str,
+                                  "world": str, "notebook": str})
+    df = df.assign(legacy=False, key=[claim_number(c, nb) for c, nb in zip(df["claim"], df["notebook"], strict=True)])
+    return _ordered(df)
+
+
+def write_claims(claims_table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The one tidy table of a profile (``claims.csv``: ``CLAIM_COLUMNS`` plus notebook), written atomically."""
+    return write_csv(claims_table[[*CLAIM_COLUMNS, "notebook"]], path)
 
 
 def format_estimate(ours: float, low: float, high: float, digits: int = 3) -> str:
@@ -124,37 +153,42 @@ def format_estimate(ours: float, low: float, high: float, digits: int = 3) -> st
     return f"{ours:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def report_table(claims: pd.DataFrame) -> pd.DataFrame:
-    """Display rows: #, claim (paper wording for 1-8), quantity, paper, ours (95% CI), verdict, where."""
+def report_table(claims_table: pd.DataFrame) -> pd.DataFrame:
+    """Display rows: #, claim (paper wording for 1-8), link (what the row tests), world, paper, ours (95% CI),
+    verdict (legacy rows: "(old rules)"), where."""
     rows = []
-    for r in claims.itertuples(index=False):
+    for r in claims_table.itertuples(index=False):
         where = str(r.where) if isinstance(r.where, str) and r.where else f"notebook {r.notebook}"
         if f"{r.notebook}" not in where:
             where = f"{where} (nb {r.notebook})"
+        link = r.quantity if r.legacy or not isinstance(r.link, str) else f"{r.link}: {r.quantity}"
         rows.append({
             "#": r.key if r.key != "other" else "–",
-            "claim": PAPER_CLAIMS.get(int(r.key), r.claim) if r.key.isdigit() else r.claim,
-            "quantity": r.quantity,
+            "claim": PAPER_CLAIMS.get(r.key, r.claim),
+            "link": link,
+            "world": "" if not isinstance(r.world, str) else r.world,
             "paper": "" if pd.isna(r.paper) else str(r.paper),
             "ours (95% CI)": format_estimate(r.ours, r.ci_low, r.ci_high),
-            "verdict": f"{VERDICT_MARK.get(r.verdict, '')} {r.verdict}".strip(),
+            "verdict": f"{VERDICT_MARK.get(r.verdict, '')} {r.verdict}".strip() + (" (old rules)" if r.legacy else ""),
             "where": where,
         })
-    return pd.DataFrame(rows, columns=["#", "claim", "quantity", "paper", "ours (95% CI)", "verdict", "where"])
+    return pd.DataFrame(rows, columns=["#", "claim", "link", "world", "paper", "ours (95% CI)", "verdict", "where"])
 
 
-def verdict_summary(claims: pd.DataFrame) -> pd.DataFrame:
-    """Rows per verdict for the paper's claims (keys 1-8) and for the findings beyond it."""
-    part = claims.assign(part=["paper claims" if k.isdigit() else "beyond the paper" for k in claims["key"]])
-    tab = pd.crosstab(part["part"], part["verdict"]).reindex(columns=VERDICTS, fill_value=0)
+def verdict_summary(claims_table: pd.DataFrame) -> pd.DataFrame:
+    """Rows per verdict for the paper's claims (keys 1-8) and for the findings beyond it (verdicts that occur)."""
+    keys = claims_table["key"]
+    part = claims_table.assign(part=["paper claims" if k.isdigit() else "beyond the paper" for k in keys])
+    tab = pd.crosstab(part["part"], part["verdict"])
+    tab = tab.reindex(columns=[v for v in VERDICTS if v in tab.columns], fill_value=0)
     return tab.reindex([p for p in ("paper claims", "beyond the paper") if p in tab.index])
 
 
-def coverage(claims: pd.DataFrame) -> pd.DataFrame:
+def coverage(claims_table: pd.DataFrame) -> pd.DataFrame:
     """For each claim 1-8: how many rows test it and the verdicts they reached (empty string: untested yet)."""
     rows = []
     for n, text in PAPER_CLAIMS.items():
-        sub = claims[claims["key"] == str(n)]
+        sub = claims_table[claims_table["key"] == n]
         rows.append({"#": n, "claim": text, "rows": len(sub), "verdicts": ", ".join(sorted(set(sub["verdict"])))})
     return pd.DataFrame(rows)
 
@@ -174,15 +208,16 @@ def markdown_table(df: pd.DataFrame) -> str:
 def readme_block(tables_dir: str | os.PathLike | None = None, profile: str = "quick") -> str:
     """The text between a profile's README markers, generated from its tracked claims tables."""
     tables_dir = Path(tables_dir) if tables_dir is not None else TRACKED[profile]
-    claims = load_claims(tables_dir)
+    table = load_claims(tables_dir)
     source = TRACKED[profile].relative_to(REPO_ROOT).as_posix()
-    lines = [f"<!-- generated by scripts/update_readme_results.py from {source}/claims_*.csv: do not edit -->", ""]
-    if claims.empty:
+    name = "claims.csv" if (Path(tables_dir) / "claims.csv").exists() else "claims_*.csv"
+    lines = [f"<!-- generated by scripts/update_readme_results.py from {source}/{name}: do not edit -->", ""]
+    if table.empty:
         run = "make reproduce" if profile == "quick" else "make paper"
         lines.append(f"_No results yet: run `{run}`, then `python scripts/update_readme_results.py --sync`._")
         return "\n".join(lines)
     lines += [_INTRO[profile], ""]
-    table = report_table(claims)
+    table = report_table(table)
     repeat = table["claim"].eq(table["claim"].shift()) & table["#"].eq(table["#"].shift())
     table.loc[repeat, "claim"] = "〃"  # the claim of the row above, written once per group
     lines.append(markdown_table(table))

@@ -1,1 +1,2 @@
-"""Reporting: statistics with intervals, figures, and the regeneration contract of stored results."""
+"""Reporting: statistics with intervals, the claims registry (verdicts), figures, and the regeneration contract
+of stored results."""

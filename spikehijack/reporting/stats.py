@@ -1,4 +1,4 @@
-"""Statistics for result tables: confidence intervals, paired tests, effect sizes and claim verdicts."""
+"""Statistics for result tables: confidence intervals, paired tests and effect sizes (verdicts: ``claims``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import pandas as pd
 from scipy import stats as _st
 
 
-def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95,
+            bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """(mean, low, high) with a Student-t interval over independent values (seeds, queries).
 
-    One value gives a zero-width interval (stated as such in tables: n = 1).
+    One value gives a zero-width interval (stated as such in tables: n = 1). ``bounds`` clips the interval to
+    the quantity's range (e.g. (0, 1) for a recall, (-1, 1) for a difference of two).
     """
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
@@ -22,7 +24,10 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[
     if x.size == 1:
         return m, m, m
     half = float(_st.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return m, m - half, m + half
+    low, high = m - half, m + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return m, low, high
 
 
 def summarize(df: pd.DataFrame, by: Sequence[str], value: str = "value", level: float = 0.95) -> pd.DataFrame:
@@ -63,20 +68,3 @@ def bootstrap_ci(
     means = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(x.mean()), float(lo), float(hi)
-
-
-def claim_row(
-    claim: str, quantity: str, paper: str, mean: float, low: float, high: float, verdict: str, where: str
-) -> dict[str, object]:
-    """One row of a claims table, the format every notebook writes and notebook 06 reads.
-
-    verdict is one of "reproduced", "partly reproduced", "not reproduced", "refuted".
-    """
-    allowed = {"reproduced", "partly reproduced", "not reproduced", "refuted"}
-    if verdict not in allowed:
-        raise ValueError(f"verdict must be one of {sorted(allowed)}, got {verdict!r}")
-    return {
-        "claim": claim, "quantity": quantity, "paper": paper,
-        "ours": round(mean, 4), "ci_low": round(low, 4), "ci_high": round(high, 4),
-        "verdict": verdict, "where": where,
-    }
