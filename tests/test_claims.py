@@ -52,11 +52,7 @@ def test_floors_are_untestable_and_findings_inconclusive():
     assert claims.finding(-0.1, 0.3, +1) == "inconclusive"
 
 
-def test_combine_and_row_vocabulary():
-    assert claims.combine(["reproduced", "reproduced"]) == "reproduced"
-    assert claims.combine(["reproduced", "not reproduced"]) == "partly reproduced"
-    assert claims.combine(["reproduced", "untestable here"]) == "untestable here"
-    assert claims.combine(["indicative", "reproduced"]) == "indicative"
+def test_row_vocabulary():
     r = claims.row("5", "spikes collapse MaxSim", "synthetic", "retained", "0.278", 0.0623456, 0.0, 0.15,
                    "untestable here", "nb 03", n_seeds=2, n_queries=64, base_hits=4.0)
     assert list(r) == claims.COLUMNS and r["ours"] == 0.0623 and r["base_hits"] == 4.0

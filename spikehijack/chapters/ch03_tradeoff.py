@@ -236,7 +236,8 @@ def sensitivity(
             row[f"Gini {label(p)}"] = sub.loc[p, "gini_pair_mean"]
         g, r = sub["gini_pair_mean"], sub["recall@1"]
         row["Gini ordering"] = bool(g["maxsim"] > g["topk:4"] > g["softmax:1"])
-        row["claim 3 pattern"] = bool(abs(r["maxsim"] - r["topk:4"]) < 0.05 and r["softmax:1"] < r["maxsim"])
+        row["claim 3 pattern"] = bool(abs(r["maxsim"] - r["topk:4"]) < claims.SIMILAR_MARGIN
+                                    and r["softmax:1"] < r["maxsim"])
         rows.append(row)
     return pd.DataFrame(rows)
 

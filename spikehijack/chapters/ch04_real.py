@@ -251,14 +251,6 @@ def _interval(replicates: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def retained_ci(inj: pd.DataFrame, kind: str, pooling: str, K: int, value: str = "hit", n_boot: int = 2000,
-                seed: int = 0) -> tuple[float, float, float]:
-    """Retained share mean(value at K) / mean(value at K = 0) with a paired percentile bootstrap over queries
-    (NaN when no query has a clean hit)."""
-    point, reps, _ = _retained_boot(inj, kind, pooling, K, value, n_boot, seed)
-    return (point, *_interval(reps))
-
-
 def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd.DataFrame:
     """Paired t-tests (stats.paired_test) of per-query Gini between consecutive poolings in ``order``
     (labels), for one loss reading."""
@@ -307,7 +299,7 @@ def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFram
     rows.append(claims.row("4", f"{topk} > MaxSim at large M", world, f"Recall@1 {topk} - MaxSim at x{f1}", "> 0",
                            d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
     nq = int(inj["query"].nunique())
-    boot = {lab: _retained_boot(inj, "spike", lab, K) for lab in {maxsim, topk, softmax, *topks}}
+    boot = {lab: _retained_boot(inj, "spike", lab, K) for lab in dict.fromkeys((maxsim, topk, softmax, *topks))}
     paper5 = {maxsim: "0.278", topk: "0.293", softmax: "0.676"}
     for lab in (maxsim, topk):  # claim 5: spikes collapse MaxSim and Top-k ...
         point, reps, hits = boot[lab]

@@ -42,7 +42,6 @@ _INTRO = {
              "verdicts were decided by the rules before the claims registry (marked \"old rules\"); `make paper` "
              "re-judges them.",
 }
-CLAIM_COLUMNS = claims.COLUMNS
 #: The columns of claims tables written before the registry (verdicts under the old rules).
 LEGACY_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]
 LEGACY_VERDICTS = ("refuted",)
@@ -100,7 +99,7 @@ def claims_files(tables_dir: str | os.PathLike) -> list[Path]:
 
 
 def stack_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every chapter's claims table of a folder, stacked (``CLAIM_COLUMNS``), with ``notebook`` ("02"), ``key``
+    """Every chapter's claims table of a folder, stacked (``claims.COLUMNS``), with ``notebook`` ("02"), ``key``
     (see ``claim_number``) and ``legacy`` (True for tables written before the claims registry).
 
     Raises ValueError naming the file when a table lacks a column of ``reporting.claims.row``.
@@ -110,15 +109,15 @@ def stack_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, dtype={"paper": str, "where": str, "claim": str, "quantity": str, "link": str,
                                       "world": str})
         legacy = "link" not in df.columns
-        missing = [c for c in (LEGACY_COLUMNS if legacy else CLAIM_COLUMNS) if c not in df.columns]
+        missing = [c for c in (LEGACY_COLUMNS if legacy else claims.COLUMNS) if c not in df.columns]
         if missing:
-            raise ValueError(f"{path.name}: missing column(s) {missing}; expected {CLAIM_COLUMNS}")
+            raise ValueError(f"{path.name}: missing column(s) {missing}; expected {claims.COLUMNS}")
         nb = path.stem.split("_")[1]
-        df = df.reindex(columns=CLAIM_COLUMNS).assign(notebook=nb, legacy=legacy)
+        df = df.reindex(columns=claims.COLUMNS).assign(notebook=nb, legacy=legacy)
         df["key"] = [claim_number(c, nb) for c in df["claim"]]
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=CLAIM_COLUMNS + ["notebook", "legacy", "key"])
+        return pd.DataFrame(columns=claims.COLUMNS + ["notebook", "legacy", "key"])
     return _ordered(pd.concat(frames, ignore_index=True))
 
 
@@ -140,8 +139,8 @@ def load_claims(tables_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def write_claims(claims_table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """The one tidy table of a profile (``claims.csv``: ``CLAIM_COLUMNS`` plus notebook), written atomically."""
-    return write_csv(claims_table[[*CLAIM_COLUMNS, "notebook"]], path)
+    """The one tidy table of a profile (``claims.csv``: ``claims.COLUMNS`` plus notebook), written atomically."""
+    return write_csv(claims_table[[*claims.COLUMNS, "notebook"]], path)
 
 
 def format_estimate(ours: float, low: float, high: float, digits: int = 3) -> str:

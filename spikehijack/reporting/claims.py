@@ -24,7 +24,6 @@ Vocabulary (one verdict per row):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 #: PAPER.md section 5, the eight claims the reproduction tests.
 PAPER_CLAIMS: dict[str, str] = {
@@ -109,19 +108,6 @@ def finding(low: float, high: float, sign: int, base_hits: float | None = None, 
     if hi < 0:
         return "not supported"
     return "inconclusive"
-
-
-def combine(verdicts: Iterable[str]) -> str:
-    """One verdict for several requirements of one link: all reproduced -> reproduced; any untestable ->
-    untestable here; any indicative (and none failed) -> indicative; some reproduced -> partly reproduced."""
-    v = list(verdicts)
-    if all(x == "reproduced" for x in v):
-        return "reproduced"
-    if "untestable here" in v:
-        return "untestable here"
-    if "indicative" in v and "not reproduced" not in v:
-        return "indicative"
-    return "partly reproduced" if "reproduced" in v else "not reproduced"
 
 
 def row(claim: str, link: str, world: str, quantity: str, paper: str, ours: float, low: float, high: float,
