@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikehijack.core.inject import hijack_rate, inject_corpus, score_with_injection, spike_patches
+from spikehijack.core.inject import hijack_rate, inject_corpus, score_with_injection, selection_mass, spike_patches
 from spikehijack.core.kernels import fill_masked
 from spikehijack.core.pooling import MaxSim, Pooling, parse_pooling, pool, register, selection, unregister
 from spikehijack.core.scoring import score_matrix, score_pairs
@@ -195,7 +195,7 @@ def test_score_with_injection_equals_the_explicit_injected_corpus(seed, spec, ch
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_hijack_rate_equals_the_selection_mass_on_injected_patches(spec):
+def test_selection_mass_on_injected_patches_by_its_definition(spec):
     Q, D, inj, qm, dm, gold = _injection_world(0)
     p, M = pooling_of(spec), D.shape[1]
     per_doc = torch.empty(Q.shape[0], D.shape[0], dtype=torch.float64)
@@ -203,11 +203,11 @@ def test_hijack_rate_equals_the_selection_mass_on_injected_patches(spec):
         Da, ma = inject_corpus(D, dm, inj[a], ~gold[a])
         w = selection(torch.einsum("td,nmd->ntm", Q[a], Da), p, ma)  # [Nd, T, M + K]
         per_doc[a] = w[:, qm[a], M:].sum(-1).mean(1)
-    every = hijack_rate(Q, D, p, inj, gold, qm, dm, documents="all", reduction="none", chunk_size=2)
+    every = selection_mass(Q, D, p, inj, gold, qm, dm, documents="all", reduction="none", chunk_size=2)
     torch.testing.assert_close(every, per_doc.masked_fill(gold, 0).sum(1) / (~gold).sum(1), rtol=1e-12, atol=1e-12)
     scores = score_with_injection(Q, D, p, inj, gold, qm, dm)
     top = scores.masked_fill(gold, -math.inf).argmax(1)
-    rate = hijack_rate(Q, D, p, inj, gold, qm, dm, reduction="none", scores=scores)
+    rate = selection_mass(Q, D, p, inj, gold, qm, dm, reduction="none", scores=scores)
     torch.testing.assert_close(rate, per_doc[torch.arange(Q.shape[0]), top], rtol=1e-12, atol=1e-12)
     assert bool(((rate >= 0) & (rate <= 1 + 1e-12)).all())
 

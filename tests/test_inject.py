@@ -19,6 +19,7 @@ from spikehijack.core.inject import (
     pad_documents,
     score_with_injection,
     selected_patches,
+    selection_mass,
     spike_patches,
     top_nongold_documents,
 )
@@ -403,18 +404,18 @@ def test_token_copies_hijack_every_token_under_maxsim():
     assert hijack_rate(Q, D[[0, 2]], "maxsim", spikes, gold).item() == 0.75
 
 
-def test_topk_and_softmax_hijack_by_hand():
+def test_topk_and_softmax_selection_mass_by_hand():
     Q, D, gold = _orthogonal_world()
     spikes = spike_patches(Q, 4, spike_size=1)
     w = float(D[1, 0] @ Q[0, 0])  # each original patch of doc 1: the same similarity to every token
     # Top-2 in doc 1: the token's copy (1.0) and one original patch (w > 0 beats the other copies' 0)
-    assert hijack_rate(Q, D[:2], "topk:2", spikes, gold).item() == pytest.approx(0.5)
+    assert selection_mass(Q, D[:2], "topk:2", spikes, gold).item() == pytest.approx(0.5)
     # Top-8: all 4 copies and all 4 originals: half the mass
-    assert hijack_rate(Q, D[:2], "topk:8", spikes, gold).item() == pytest.approx(0.5)
+    assert selection_mass(Q, D[:2], "topk:8", spikes, gold).item() == pytest.approx(0.5)
     tau = 0.2
     e1, ew, e0 = math.exp(1 / tau), math.exp(w / tau), 1.0
     expected = (e1 + 3 * e0) / (e1 + 3 * e0 + 4 * ew)
-    assert hijack_rate(Q, D[:2], f"softmax:{tau}", spikes, gold).item() == pytest.approx(expected, rel=1e-5)
+    assert selection_mass(Q, D[:2], f"softmax:{tau}", spikes, gold).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_gaussian_patches_rarely_hijack_in_high_dim():
@@ -442,10 +443,11 @@ def test_all_documents_mode_matches_explicit_loop(pooling):
     Q, D, inj, q_mask, d_mask = _world(integer=False, seed=7, d=4)
     gold = GOLDS["mask"]
     p = parse_pooling(pooling)
-    rate = hijack_rate(Q, D, p, inj, gold, q_mask, d_mask, documents="all", reduction="none", chunk_size=3)
+    rate = selection_mass(Q, D, p, inj, gold, q_mask, d_mask, documents="all", reduction="none", chunk_size=3)
     shift = argmax_shift(Q, D, p, inj, gold, q_mask, d_mask, documents="all", reduction="none", chunk_size=2)
     top = top_nongold_documents(score_with_injection(Q, D, p, inj, gold, q_mask, d_mask), gold)
-    rate_top = hijack_rate(Q, D, p, inj, gold, q_mask, d_mask, reduction="none")
+    rate_top = selection_mass(Q, D, p, inj, gold, q_mask, d_mask, reduction="none")
+    hijack = hijack_rate(Q, D, p, inj, gold, q_mask, d_mask, documents="all", reduction="none", chunk_size=3)
     for a in range(4):
         Da, ma = inject_corpus(D, d_mask, inj[a], ~gold[a])
         S = torch.einsum("td,nmd->ntm", Q[a], Da)  # [Nd, T, M + K]
@@ -458,6 +460,9 @@ def test_all_documents_mode_matches_explicit_loop(pooling):
         moved = (after >= 6).float().mean(1)
         assert shift.to_injected[a].item() == pytest.approx(moved[~gold[a]].mean().item(), abs=1e-6)
     torch.testing.assert_close(shift.to_injected, shift.moved)
+    torch.testing.assert_close(hijack, shift.to_injected)  # one definition of hijacking for every pooling
+    if isinstance(p, MaxSim):  # MaxSim's selection is its arg-max: its mass is the hijack rate
+        torch.testing.assert_close(rate, hijack)
 
 
 def test_selected_patches_and_top_document():

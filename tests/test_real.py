@@ -127,8 +127,8 @@ def test_injection_experiment_shapes_and_k0():
     df = real.injection_experiment(task, ["maxsim", "softmax:0.1"], Ks=(0, 3), spike_size=2)
     assert len(df) == 2 * 2 * 2 * 5
     k0 = df[df.K == 0]
-    assert (k0.hijack == 0).all() and (k0.argmax_shift == 0).all()
-    assert df.hijack.between(0, 1).all() and df.argmax_shift.between(0, 1).all()
+    assert (k0.hijack_rate == 0).all() and (k0.selection_mass == 0).all()
+    assert df.hijack_rate.between(0, 1).all() and df.selection_mass.between(0, 1).all()
     r = real.retained(df)
     assert np.allclose(r[r.K == 0].retained.dropna(), 1.0)
 
@@ -138,7 +138,7 @@ def test_spike_copies_hijack_maxsim():
     task = random_task(seed=4)
     df = real.injection_experiment(task, ["maxsim"], Ks=(0, 20), kinds=("spike",), spike_size=1)
     top = df[df.K == 20]
-    assert top.hijack.min() == pytest.approx(1.0) and top.hit.sum() == 0
+    assert top.hijack_rate.min() == pytest.approx(1.0) and top.hit.sum() == 0
 
 
 def test_neutral_pool_and_pad_task(H):

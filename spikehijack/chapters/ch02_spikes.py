@@ -90,9 +90,32 @@ def _ordered(values: Mapping[str, float], order: Sequence[str]) -> bool:
     return all(values[a] > values[b] for a, b in zip(order[:-1], order[1:], strict=True))
 
 
-def claims_02(df: pd.DataFrame, reading: str = "pair") -> pd.DataFrame:
+def _pattern_holds(sensitivity: pd.DataFrame | None) -> str:
+    if sensitivity is None:
+        return "no sensitivity table"
+    moved = sensitivity[sensitivity["knob"] != "base"]
+    broke = moved[~moved["claim 3 pattern"].astype(bool)]
+    where = ", ".join(f"{k}={v:g}" for k, v in zip(broke["knob"], broke["value"], strict=True)) or "nowhere"
+    return f"pattern holds in {len(moved) - len(broke)} of {len(moved)} moved knobs, breaks at {where}"
+
+
+def sensitivity_reading(sensitivity: pd.DataFrame) -> str:
+    """Sentences from the sensitivity table (``ch03_tradeoff.sensitivity``): where the Gini ordering and the
+    claim-3 pattern hold, and how far each knob moves MaxSim's Recall@1 and Gini from the base row."""
+    base = sensitivity[sensitivity["knob"] == "base"].iloc[0]
+    out = [f"Gini ordering in {int(sensitivity['Gini ordering'].astype(bool).sum())} of {len(sensitivity)} rows; "
+           f"claim-3 pattern: {_pattern_holds(sensitivity)}."]
+    for knob, g in sensitivity[sensitivity["knob"] != "base"].groupby("knob", sort=False):
+        dr = (g["R@1 MaxSim"] - base["R@1 MaxSim"]).abs().max()
+        dg = (g["Gini MaxSim"] - base["Gini MaxSim"]).abs().max()
+        out.append(f"{knob}: MaxSim Recall@1 moves by up to {dr:.3f}, its Gini by up to {dg:.3f}.")
+    return "\n".join(out)
+
+
+def claims_02(df: pd.DataFrame, reading: str = "pair", sensitivity: pd.DataFrame | None = None) -> pd.DataFrame:
     """Evidence for claims 1-3 of PAPER.md section 5 (synthetic side) from a training table at one length, one
-    row per link, judged by ``reporting.claims`` (intervals over seeds, clipped to the quantity's range)."""
+    row per link, judged by ``reporting.claims`` (intervals over seeds, clipped to the quantity's range); claim 3's
+    similarity row names where the calibration-sensitivity table (``sensitivity``) breaks its pattern."""
     order, where, world = list(POOLINGS_MAIN), "synthetic, notebook 02", "synthetic"
     metric = f"gini_{reading}_mean"
     per_seed = final_values(df, metric).pivot_table(index="seed", columns="pooling", values="value")
@@ -129,7 +152,8 @@ def claims_02(df: pd.DataFrame, reading: str = "pair") -> pd.DataFrame:
                            "0.33-0.38", m, lo, hi, "calibrated", where, n_seeds=n))
     m, lo, hi = mean_ci((r1["maxsim"] - r1["topk:4"]).to_numpy(), bounds=(-1, 1))
     rows.append(claims.row("3", "MaxSim ~ Top-4", world,
-                           f"final Recall@1, MaxSim - Top-4 (similar: within +-{claims.SIMILAR_MARGIN})",
+                           f"final Recall@1, MaxSim - Top-4 (similar: within +-{claims.SIMILAR_MARGIN}; "
+                           f"{_pattern_holds(sensitivity)})",
                            "similar (~0)", m, lo, hi, claims.similar(lo, hi, n_seeds=n), where, n_seeds=n))
     m, lo, hi = mean_ci((r1["softmax:1"] - r1["maxsim"]).to_numpy(), bounds=(-1, 1))
     rows.append(claims.row("3", "Softmax τ=1 < MaxSim", world, "final Recall@1, Softmax τ=1 - MaxSim",

@@ -21,7 +21,7 @@ from ..core.checks import check_positive_int
 from ..core.metrics import gini, gold_rank, patch_gradient_norms, retrieval_metrics
 from ..core.pooling import parse_pooling
 from ..core.scoring import pad
-from ..reporting import claims
+from ..reporting import claims, evidence
 from ..reporting.stats import mean_ci, paired_test
 from ..worlds.tasks import (
     RealTask,
@@ -163,12 +163,13 @@ def injection_experiment(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Inject K patches per query into every non-gold document and measure, per query and pooling:
-    hit@1 (gold ranked first), reciprocal rank, hijack rate and arg-max shift to injected patches (both in the
-    top non-gold document after injection, as in inject.hijack_rate / argmax_shift with documents="top").
+    hit@1 (gold ranked first), reciprocal rank, the hijack rate (share of query tokens whose arg-max patch is
+    injected) and the pooling's selection mass on injected patches (both in the top non-gold document after
+    injection: inject.hijack_rate / selection_mass with documents="top").
 
     Spikes: inject.spike_patches of the query's own vectors (normalised mean of ``spike_size`` of them); the
     control: inject.gaussian_patches (unit-norm Gaussian). Patches are drawn once with max(Ks) and sliced
-    (nested). Tidy rows: kind, K, pooling, query, hit, rr, hijack, argmax_shift.
+    (nested). Tidy rows: kind, K, pooling, spec, query, hit, rr, hijack_rate, selection_mass.
     """
     Q, qm = pad(list(task.queries))
     Kmax = max(Ks)
@@ -190,22 +191,21 @@ def injection_experiment(
         S = clean[p.spec] if K == 0 else injection_scores(task, p, inj)
         rank = gold_rank(S, relevance(task))
         if K == 0:
-            hij = torch.zeros(len(Q))
-            shift = torch.zeros(len(Q))
+            hij = mass = torch.zeros(len(Q))
         else:
             D, dm, rel, sub, _ = _top_subcorpus(task, S)
             hij = inject.hijack_rate(Q, D, p, inj, rel, qm, dm, scores=sub, reduction="none")
-            shift = inject.argmax_shift(Q, D, p, inj, rel, qm, dm, scores=sub, reduction="none").to_injected
+            mass = inject.selection_mass(Q, D, p, inj, rel, qm, dm, scores=sub, reduction="none")
         for i in range(len(Q)):
             rows.append({"task": task.name, "kind": kind, "K": int(K), "pooling": p.label, "spec": p.spec,
                          "query": i, "hit": float(rank[i] == 1), "rr": float(1.0 / rank[i]),
-                         "hijack": float(hij[i]), "argmax_shift": float(shift[i])})
+                         "hijack_rate": float(hij[i]), "selection_mass": float(mass[i])})
     return pd.DataFrame(rows)
 
 
 def retained(inj: pd.DataFrame, value: str = "hit") -> pd.DataFrame:
     """Mean ``value`` per (kind, K, pooling) and its share of the K = 0 value ("retained")."""
-    m = inj.groupby(["kind", "pooling", "K"], sort=False)[[value, "hijack", "argmax_shift"]].mean().reset_index()
+    m = inj.groupby(["kind", "pooling", "K"], sort=False)[[value, "hijack_rate", "selection_mass"]].mean().reset_index()
     base = m[m.K == 0].set_index(["kind", "pooling"])[value]
     m["retained"] = [v / base[(k, p)] if base[(k, p)] > 0 else float("nan")
                      for k, p, v in zip(m.kind, m.pooling, m[value], strict=True)]
@@ -227,30 +227,6 @@ def selection_example(task: RealTask, query: int, injected: Tensor, scores: Tens
 # Summaries with intervals and the claims table
 
 
-def _retained_boot(inj: pd.DataFrame, kind: str, pooling: str, K: int, value: str = "hit", n_boot: int = 2000,
-                   seed: int = 0) -> tuple[float, np.ndarray, float]:
-    """(retained share, its paired bootstrap replicates over queries [n_boot], clean base sum of ``value``).
-
-    Replicates use the same resampled queries for every pooling (same seed and query count), so differences of
-    two poolings' replicates are a paired bootstrap of the difference."""
-    base = inj[(inj.kind == kind) & (inj.pooling == pooling) & (inj.K == 0)].sort_values("query")[value].to_numpy()
-    after = inj[(inj.kind == kind) & (inj.pooling == pooling) & (inj.K == K)].sort_values("query")[value].to_numpy()
-    if len(base) == 0 or len(base) != len(after):
-        raise ValueError(f"no paired rows for kind={kind!r}, pooling={pooling!r}, K={K}")
-    idx = np.random.default_rng(seed).integers(0, len(base), size=(n_boot, len(base)))
-    b, a = base[idx].mean(1), after[idx].mean(1)
-    ratios = np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
-    point = float(after.mean() / base.mean()) if base.mean() > 0 else float("nan")
-    return point, ratios, float(base.sum())
-
-
-def _interval(replicates: np.ndarray) -> tuple[float, float]:
-    if np.isnan(replicates).all():
-        return float("nan"), float("nan")
-    lo, hi = np.nanquantile(replicates, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
 def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd.DataFrame:
     """Paired t-tests (stats.paired_test) of per-query Gini between consecutive poolings in ``order``
     (labels), for one loss reading."""
@@ -264,12 +240,11 @@ def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd
 
 
 def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFrame, inj: pd.DataFrame,
-                 maxsim: str, topk: str, softmax: str, topks: Sequence[str], K: int = 100,
-                 loss: str = "pair", where: str = "04 real") -> pd.DataFrame:
+                 softmax: str, K: int = 100, loss: str = "pair", where: str = "04 real") -> pd.DataFrame:
     """Evidence for claims 1 and 4-8 of PAPER.md section 5 on the real benchmark, one row per link, judged by
-    ``reporting.claims``: intervals over queries (paired t for Gini differences, paired bootstrap for retained
-    recall and its differences); retained recall only with ``claims.MIN_BASE_HITS`` clean hits; the length
-    sweep is one deterministic evaluation (no interval: indicative at best)."""
+    ``reporting.claims``: claim 1 from paired t-intervals of per-query Gini differences; claim 4 from the length
+    sweep, one deterministic evaluation (no interval: indicative at best); claims 5-8 from the per-query
+    injection table by ``reporting.evidence`` (bootstrap over queries), with ``softmax`` the validated spec."""
     world, rows = "real", []
     g = gi[gi.loss == loss]
     for a, b in zip(gini_order[:-1], gini_order[1:], strict=True):  # claim 1: two links of the ordering
@@ -278,76 +253,34 @@ def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFram
         m, lo, hi = mean_ci(x - y, bounds=(-1, 1))
         rows.append(claims.row("1", f"{a} > {b}", world, f"gold-pair patch-gradient Gini ({loss} loss), {a} - {b}",
                                "> 0 (p < 1e-80)", m, lo, hi, claims.direction(lo, hi), where, n_queries=len(x)))
+    bound = float(g[g.pooling == gini_order[0]].bound.mean())
     for lab, paper in zip(gini_order, (0.983, 0.951, 0.883), strict=False):
         x = g[g.pooling == lab].gini.to_numpy()
         m, lo, hi = mean_ci(x, bounds=(0, 1))
-        rows.append(claims.row("1", f"level, {lab}", world, f"gold-pair patch-gradient Gini ({loss} loss), {lab}",
-                               f"{paper}", m, lo, hi, claims.similar(lo, hi, claims.GINI_LEVEL_MARGIN, paper), where,
-                               n_queries=len(x)))
+        rows.append(claims.row("1", f"level, {lab}", world, f"gold-pair patch-gradient Gini ({loss} loss), {lab} "
+                               f"(bound 1 - T/M here {bound:.3f}; paper's M ~ 766: 0.979)", f"{paper}", m, lo, hi,
+                               claims.similar(lo, hi, claims.GINI_LEVEL_MARGIN, paper), where, n_queries=len(x)))
+    maxsim, topk, sm = (parse_pooling(s).label for s in ("maxsim", "topk:4", softmax))
     r1 = sweep[sweep.metric == "recall@1"].pivot_table(index="factor", columns="pooling", values="value")
     f0, f1 = r1.index.min(), r1.index.max()
     drop = r1.loc[f0] - r1.loc[f1]
-    for lab in (maxsim, topk, softmax):  # claim 4: one evaluation per factor, no interval
+    for lab in (maxsim, topk, sm):  # claim 4: one evaluation per factor, no interval
         d = float(drop[lab])
         rows.append(claims.row("4", f"falls with M, {lab}", world, f"Recall@1 drop x{f0} -> x{f1} neutral padding",
                                "> 0", d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
     rel = drop / r1.loc[f0].where(r1.loc[f0] > 0)
-    d = float(rel[maxsim] - rel[[topk, softmax]].max())
+    d = float(rel[maxsim] - rel[[topk, sm]].max())
     rows.append(claims.row("4", "MaxSim falls fastest", world, f"relative Recall@1 drop x{f0} -> x{f1}, MaxSim - "
                            "largest other", "> 0", d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
     d = float(r1.loc[f1, topk] - r1.loc[f1, maxsim])
     rows.append(claims.row("4", f"{topk} > MaxSim at large M", world, f"Recall@1 {topk} - MaxSim at x{f1}", "> 0",
                            d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
-    nq = int(inj["query"].nunique())
-    boot = {lab: _retained_boot(inj, "spike", lab, K) for lab in dict.fromkeys((maxsim, topk, softmax, *topks))}
-    paper5 = {maxsim: "0.278", topk: "0.293", softmax: "0.676"}
-    for lab in (maxsim, topk):  # claim 5: spikes collapse MaxSim and Top-k ...
-        point, reps, hits = boot[lab]
-        lo, hi = _interval(reps)
-        v = "untestable here" if claims.floor(hits) else claims.direction(lo, hi, 0.5, above=False)
-        rows.append(claims.row("5", f"spikes collapse {lab}", world, f"Recall@1 retained, spikes K={K} (< 0.5)",
-                               paper5[lab], point, lo, hi, v, where, n_queries=nq, base_hits=hits))
-    best = np.fmax(boot[maxsim][1], boot[topk][1])
-    lo, hi = _interval(boot[softmax][1] - best)
-    d = boot[softmax][0] - max(boot[maxsim][0], boot[topk][0])
-    v = "untestable here" if claims.floor(boot[softmax][2]) else claims.direction(lo, hi)
-    rows.append(claims.row("5", f"{softmax} keeps more", world, f"retained, spikes K={K}: {softmax} - best of "
-                           f"MaxSim/{topk}", "+0.38", d, lo, hi, v, where, n_queries=nq,
-                           base_hits=boot[softmax][2]))
-    for lab in (maxsim, topk):
-        h = inj[(inj.kind == "spike") & (inj.pooling == lab) & (inj.K == K)].hijack
-        m, lo, hi = mean_ci(h, bounds=(0, 1))
-        rows.append(claims.row("5", f"hijack rate {lab}", world, f"selection mass on injected spikes, K={K}",
-                               "~0.70", m, lo, hi, claims.similar(lo, hi, 0.1, 0.70), where, n_queries=nq))
-    reps6 = boot[topks[-1]][1] - boot[topks[0]][1]
-    lo6, hi6 = _interval(reps6)
-    collapsed = max(boot[lab][0] for lab in topks) < claims.COLLAPSE_FLOOR
-    if any(claims.floor(boot[lab][2]) for lab in topks) or collapsed:
-        v6 = "untestable here"  # a Top-k that never retrieves, or all collapsed: no comparison among them
-    else:
-        v6 = claims.direction(lo6, hi6, 2 * claims.SIMILAR_MARGIN, above=False)
-    for lab in topks:  # claim 6: larger k does not restore robustness (gains at most 0.1)
-        point, reps, hits = boot[lab]
-        rows.append(claims.row("6", "larger k does not help", world, f"Recall@1 retained, spikes K={K}, {lab} "
-                               f"({topks[-1]} - {topks[0]} <= 0.1)", "0.28-0.30", point, *_interval(reps), v6,
-                               where, n_queries=nq, base_hits=hits))
-    point, reps, hits = _retained_boot(inj, "gaussian", maxsim, K)
-    lo, hi = _interval(reps)
-    v = "untestable here" if claims.floor(hits) else claims.direction(lo, hi, 0.9)
-    rows.append(claims.row("7", f"Gaussian barely hurts {maxsim}", world, f"Recall@1 retained, Gaussian K={K} "
-                           "(>= 0.9)", "~0.97", point, lo, hi, v, where, n_queries=nq, base_hits=hits))
-    ghij = inj[(inj.kind == "gaussian") & (inj.pooling == maxsim) & (inj.K == K)].hijack
-    m, lo, hi = mean_ci(ghij, bounds=(0, 1))
-    rows.append(claims.row("7", f"Gaussian hijacks little {maxsim}", world, f"selection mass on Gaussian patches, "
-                           f"K={K} (< 0.15)", "< 0.15", m, lo, hi, claims.direction(lo, hi, 0.15, above=False),
-                           where, n_queries=nq))
-    for kind, text, paper, thr, above in (("spike", "spikes take most arg-max selections", "~0.83", 0.5, True),
-                                          ("gaussian", "Gaussian patches take few", "barely", 0.15, False)):
-        sh = inj[(inj.kind == kind) & (inj.pooling == maxsim) & (inj.K == K)].argmax_shift
-        m, lo, hi = mean_ci(sh, bounds=(0, 1))
-        rows.append(claims.row("8", text, world, f"share of arg-max selections moved to {kind} patches, {maxsim}, "
-                               f"K={K} ({'>' if above else '<'} {thr})", paper, m, lo, hi,
-                               claims.direction(lo, hi, thr, above=above), where, n_queries=nq))
+    ev = evidence.Injection(inj.assign(pooling=inj["spec"], seed=0), world, where)
+    rows += evidence.collapse(ev, ["maxsim", "topk:4"], K, {"maxsim": "0.278", "topk:4": "0.293"})
+    rows += evidence.keeps_more(ev, softmax, ["maxsim", "topk:4"], K, "+0.38 (0.676 vs 0.293)")
+    rows += evidence.larger_k(ev, ["topk:1", "topk:4", "topk:16"], K, "0.28-0.30 for k = 1, 4, 16")
+    rows += evidence.length_neutral(ev, ["maxsim", "topk:4", softmax], K, "~0.97")
+    rows += evidence.argmax_moves(ev, ["maxsim", "topk:4"], K, "~0.70 (sec. 4.2), ~0.83 (Fig 2)")
     return pd.DataFrame(rows)
 
 

@@ -69,7 +69,7 @@ def evaluate_quality(
 
     Q [Nq, T, d], D [Nd, M, d] (embedded), gold LongTensor [Nq]; ``injected`` maps a condition name to
     patches [Nq, K, d] appended to every non-gold document (``inject.score_with_injection``). With ``hijack``
-    the injected rows also carry the hijack rate (share of token selection mass on injected patches, in the
+    the injected rows also carry the hijack rate (share of query tokens whose arg-max patch is injected, in the
     top non-gold document). Rows: pooling, condition, K, query, recall@1, rr (, hijack).
     """
     rows = []
@@ -179,7 +179,8 @@ def _split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     q = table[table["table"] == "quality"].dropna(axis=1, how="all")
     g = table[table["table"] == "gini"].dropna(axis=1, how="all")
     drop = ["table", "run_key", "profile", "group", "evals", "run", "n_queries", "K", "spike_size", "gini_pairs",
-            "with_injection", "steps", "n_train", "n_distractors", "factors", "head_key", "length_poolings"]
+            "with_injection", "steps", "n_train", "n_distractors", "factors", "head_key", "length_poolings",
+            "hijack_definition"]
     q = q.drop(columns=[c for c in drop if c in q.columns and c != "K"])
     g = g.drop(columns=[c for c in drop if c in g.columns])
     if "K" in q.columns:
@@ -193,6 +194,11 @@ def _split(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def _join(quality: pd.DataFrame, gini_rows: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([quality.assign(table="quality"), gini_rows.assign(table="gini")], ignore_index=True)
+
+
+#: The definition of the hijack column, part of every evaluation's cache key: cached evaluations under another
+#: definition (the selection mass, before one definition for every pooling) are recomputed, never reused.
+HIJACK = "argmax"
 
 
 def synthetic_eval_run(config: Mapping[str, Any], cache_dir: str | Path) -> pd.DataFrame:
@@ -235,7 +241,8 @@ def synthetic_experiment(
             runs.append({"profile": profile, "group": run_key(config), "length": M, "run": r, "train": train,
                          "seed": int(seed), "evals": [parse_pooling(e).spec for e in evals],
                          "n_queries": prof.n_queries, "K": prof.K, "spike_size": prof.spike_size,
-                         "gini_pairs": prof.gini_pairs, "with_injection": M == prof.length})
+                         "gini_pairs": prof.gini_pairs, "with_injection": M == prof.length,
+                         "hijack_definition": HIJACK})
     res = run_grid(runs, partial(synthetic_eval_run, cache_dir=cache), cache / "beyond", progress=progress,
                    desc="synthetic evaluations").raise_for_failures()
     return _split(res.table)
@@ -303,7 +310,7 @@ def _real_eval(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFra
     inj = inj[(inj["K"] > 0) | (inj["kind"] == "spike")]
     q = pd.DataFrame({"pooling": inj["spec"], "condition": np.where(inj["K"] == 0, "clean", inj["kind"]),
                       "K": inj["K"], "query": inj["query"], "recall@1": inj["hit"], "rr": inj["rr"],
-                      "hijack": np.where(inj["K"] == 0, np.nan, inj["hijack"])})
+                      "hijack": np.where(inj["K"] == 0, np.nan, inj["hijack_rate"])})
     quality = [_tag(q, "real", 1, train, seed)]
     lens = [p for p in config["length_poolings"] if p in evals]
     for f in config["factors"]:
@@ -343,7 +350,8 @@ def real_experiment(
         runs.append({"head_key": run_key(h), "train": h["pooling"], "seed": h["seed"], "dtype": h["dtype"],
                      "n_queries": h["n_queries"], "n_distractors": h["n_distractors"], "K": prof.K,
                      "evals": [parse_pooling(e).spec for e in evals], "factors": list(prof.factors),
-                     "length_poolings": [parse_pooling(e).spec for e in prof.length_poolings]})
+                     "length_poolings": [parse_pooling(e).spec for e in prof.length_poolings],
+                     "hijack_definition": HIJACK})
     res = run_grid(runs, partial(real_eval_run, weights_dir=cache / "weights"), cache / "eval", progress=progress,
                    desc="real evaluations").raise_for_failures()
     return _split(res.table)

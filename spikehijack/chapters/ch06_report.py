@@ -37,10 +37,11 @@ _INTRO = {
              "(a calibration target); mechanism (untrained inputs); findings: supported / not supported / "
              "inconclusive.",
     "paper": "Paper profile (`make paper`: PAPER.md settings, 5 seeds, 100 epochs; run once on CPU and committed). "
-             "The executed notebooks with every figure are under [reports/paper/](reports/paper/), the report first: "
-             "[reports/paper/06_reproduction_report.ipynb](reports/paper/06_reproduction_report.ipynb). Its "
-             "verdicts were decided by the rules before the claims registry (marked \"old rules\"); `make paper` "
-             "re-judges them.",
+             "The executed notebooks with every figure are under [reports/paper/](reports/paper/) (executed before "
+             "the claims registry: their own verdict tables use the old rules). The rows below re-judge the "
+             "committed paper-profile tables with today's rules (`scripts/rejudge_paper.py`, no retraining): "
+             "claims 1-4 synthetic and 1, 4-8 real; the synthetic claims 5-8 and notebooks 01 and 05 need a paper "
+             "run (`make paper`).",
 }
 #: The columns of claims tables written before the registry (verdicts under the old rules).
 LEGACY_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]

@@ -6,7 +6,8 @@ for query a); gold is a LongTensor [Nq] (one gold document per query) or a bool 
 The injected patches are built by ``spikehijack.core.inject``, which re-exports everything here.
 
 - ``score_with_injection``: scores [Nq, Nd] as if every query saw its own injected corpus (never built).
-- ``hijack_rate`` / ``argmax_shift``: where the query tokens' selections go after injection.
+- ``hijack_rate`` (arg-max share on injected patches, every pooling) / ``argmax_shift`` / ``selection_mass``
+  (the pooling's weights on injected patches): where the query tokens' selections go after injection.
 
 Similarity blocks are those of ``score_matrix``: S [n, Nq, T, M] by ``kernels.similarity_block``, in blocks
 of documents from ``kernels.document_blocks``; the injected part S_inj [Nq, T, K] is shared by every document.
@@ -223,6 +224,34 @@ def _token_means_after_injection(
     return tuple(_nongold_mean(list(parts), rel) for parts in zip(*per_block, strict=True))
 
 
+def selection_mass(
+    Q: Tensor,
+    D: Tensor,
+    pooling: str | Pooling,
+    injected: Tensor,
+    gold: Tensor,
+    q_mask: Tensor | None = None,
+    d_mask: Tensor | None = None,
+    documents: Documents = "top",
+    scores: Tensor | None = None,
+    chunk_size: int | None = None,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    """Share of the pooling's selection mass on injected patches, per query [Nq] (or its mean).
+
+    mass(a) = mean over valid tokens i of sum_{j injected} w_ij, with w the pooling's selection weights
+    (``Pooling.selection``: one-hot arg-max for MaxSim, 1/k on the top-k set, the softmax weights). For MaxSim
+    it equals ``hijack_rate``; for softmax it tracks the length share K / (M + K) of any injected patches, so it
+    compares poolings' *weights*, not hijacking. ``documents="top"`` measures it in the non-gold document that
+    ranks highest for query a after injection (pass ``scores`` from ``score_with_injection`` to skip
+    recomputing them); ``"all"`` averages it over every non-gold document of query a.
+    """
+    p, M = parse_pooling(pooling), D.shape[1]
+    (rate,) = _token_means_after_injection(Q, D, p, injected, gold, q_mask, d_mask, documents, scores, chunk_size,
+                                           lambda S, mask: (p.selection(S, mask)[..., M:].sum(-1),))
+    return apply_reduction(rate, reduction)
+
+
 def hijack_rate(
     Q: Tensor,
     D: Tensor,
@@ -236,18 +265,16 @@ def hijack_rate(
     chunk_size: int | None = None,
     reduction: Reduction = "mean",
 ) -> Tensor:
-    """Share of query-token selection mass that goes to injected patches, per query [Nq] (or its mean).
+    """The hijack rate, one definition for every pooling: share of each query's valid tokens whose arg-max
+    patch is an injected one, per query [Nq] (or its mean).
 
-    rate(a) = mean over valid tokens i of sum_{j injected} w_ij, with w the pooling's selection weights
-    (``Pooling.selection``: one-hot arg-max for MaxSim, 1/k on the top-k set, the softmax weights).
-    ``documents="top"`` measures it in the non-gold document that ranks highest for query a after injection
-    (pass ``scores`` from ``score_with_injection`` to skip recomputing them); ``"all"`` averages it over every
-    non-gold document of query a.
+    PAPER.md section 4: "share of query tokens whose selection goes to an injected patch" (~0.70) and Figure 2's
+    "token-wise argmax selections [that] move to injected patches" (~0.83). The pooling only picks the document
+    (its top non-gold one after injection, ``documents="top"``; ``"all"`` averages over every non-gold
+    document); each pooling's weights on injected patches are ``selection_mass``.
     """
-    p, M = parse_pooling(pooling), D.shape[1]
-    (rate,) = _token_means_after_injection(Q, D, p, injected, gold, q_mask, d_mask, documents, scores, chunk_size,
-                                           lambda S, mask: (p.selection(S, mask)[..., M:].sum(-1),))
-    return apply_reduction(rate, reduction)
+    return argmax_shift(Q, D, pooling, injected, gold, q_mask, d_mask, documents, scores, chunk_size,
+                        reduction).to_injected
 
 
 class ArgmaxShift(NamedTuple):
@@ -279,7 +306,7 @@ def argmax_shift(
 ) -> ArgmaxShift:
     """Share of each query's tokens whose arg-max patch moves after injection (PAPER.md Figure 2).
 
-    Measured in the same document as ``hijack_rate``: the top non-gold document after injection under
+    ``to_injected`` is ``hijack_rate``. Measured in the top non-gold document after injection under
     ``pooling`` (which only picks the document; the arg-max itself is pooling-free), or averaged over all
     non-gold documents with ``documents="all"``. Returns ``ArgmaxShift(to_injected, moved)``, each [Nq] or
     its mean.

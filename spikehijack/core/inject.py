@@ -39,6 +39,7 @@ from .hijack import (
     hijack_rate,
     score_with_injection,
     selected_patches,
+    selection_mass,
     top_nongold_documents,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "pad_documents",
     "score_with_injection",
     "selected_patches",
+    "selection_mass",
     "spike_patches",
     "spike_token_indices",
     "top_nongold_documents",

@@ -89,6 +89,13 @@ def similar(low: float, high: float, margin: float = SIMILAR_MARGIN, target: flo
     return _undecided(n_seeds)
 
 
+def few_seeds(verdict: str, n_seeds: int | None) -> str:
+    """A decided verdict from fewer than ``MIN_SEEDS`` trained seeds is "indicative" (an interval over queries
+    within so few trainings cannot see the variance between trainings); ``n_seeds`` None: queries are the unit."""
+    decided = verdict in ("reproduced", "partly reproduced", "not reproduced")
+    return "indicative" if decided and n_seeds is not None and n_seeds < MIN_SEEDS else verdict
+
+
 def floor(base_hits: float | None, minimum: int = MIN_BASE_HITS) -> bool:
     """True when a ratio rests on fewer than ``minimum`` base hits: its verdict is "untestable here"."""
     return base_hits is None or math.isnan(base_hits) or base_hits < minimum

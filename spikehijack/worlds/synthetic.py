@@ -157,3 +157,41 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
     return SyntheticData(
         cfg, concepts, _make_split(cfg, concepts, cfg.n_train, 100), _make_split(cfg, concepts, cfg.n_eval, 200)
     )
+
+
+def concept_ids(patches: Tensor, concepts: Tensor, kind: Tensor | None = None) -> Tensor:
+    """The concept of each raw patch [..., M, d] -> [..., M] (nearest concept of the bank [C, d]); spike patches
+    (``kind == SPIKE``, a mixture of concepts) get -1."""
+    ids = (patches @ concepts.T).argmax(-1)
+    return ids if kind is None else ids.masked_fill(kind == SPIKE, -1)
+
+
+def oracle_scores(split: Split, concepts: Tensor) -> Tensor:
+    """Scores [N, 2N] (``split.corpus()`` order) of a retriever that knows every patch's concept: the sum over
+    the query's distinct concepts c of log(1 + n_c), n_c the patches of concept c in the document (of the
+    counting rules we tried, coverage, counts and log-counts, the one with the highest Recall@1 at every
+    length). A reference for what concept identities allow at this length, not a bound on a trained encoder.
+
+    >>> w = generate(SyntheticConfig(n_train=1, n_eval=8, length=32, n_support=8))
+    >>> oracle_scores(w.eval, w.concepts).shape
+    torch.Size([8, 16])
+    """
+    docs = torch.cat([concept_ids(split.positives, concepts, split.pos_kind),
+                      concept_ids(split.negatives, concepts, split.neg_kind)])  # [2N, M]
+    counts = torch.zeros(docs.shape[0], concepts.shape[0] + 1)
+    counts.scatter_add_(1, docs + 1, torch.ones(docs.shape))  # column 0: "no concept" (spikes)
+    qc = split.query_concepts  # [N, T]
+    first = torch.ones_like(qc, dtype=torch.bool)  # each distinct concept once
+    for i in range(1, qc.shape[1]):
+        first[:, i] = ~(qc[:, :i] == qc[:, i : i + 1]).any(1)
+    n = counts[:, 1:][:, qc].permute(1, 0, 2)  # [N, 2N, T]
+    return (torch.log1p(n) * first[:, None, :]).sum(-1)
+
+
+def expected_recall_at_1(scores: Tensor, gold: Tensor) -> Tensor:
+    """Recall@1 per query [N] with ties broken at random (its expectation): 1 / (1 + ties) when the gold
+    document's score is the maximum, else 0. For integer-like scores such as ``oracle_scores``."""
+    g = scores.gather(1, gold[:, None])
+    others = scores.scatter(1, gold[:, None], float("-inf"))
+    ties = (others == g).sum(1)
+    return torch.where(g[:, 0] >= others.max(1).values, 1.0 / (1 + ties), torch.zeros_like(g[:, 0]))

@@ -1,0 +1,206 @@
+"""Claims 5-8 from per-query injection tables: one set of rules for the synthetic and the real world.
+
+Input: a tidy table, one row per (seed, query, kind, K, pooling) with ``hit`` (1 when the gold document ranks
+first, so its mean is Recall@1) and ``hijack_rate`` (share of the query's tokens whose arg-max patch is an
+injected one, ``inject.hijack_rate``); ``kind`` is "spike" or "gaussian", ``pooling`` a pooling spec. The
+real world has one seed (its queries are the unit); the synthetic world has one trained model per seed.
+
+Intervals come from a hierarchical bootstrap (resample seeds, then queries within each drawn seed), with the
+same draws for every arm (pooling, kind, K), so differences and ratios of arms are paired. A retained ratio
+(Recall@1 after / before) is judged only with ``claims.MIN_BASE_HITS`` clean hits; with fewer than
+``claims.MIN_SEEDS`` trained seeds a synthetic verdict is indicative at best (the bootstrap cannot see the
+variance between trainings it did not run).
+
+>>> t = pd.DataFrame([{"seed": 0, "query": q, "kind": k, "K": K, "pooling": "maxsim", "hit": float(K == 0 or q < 5),
+...                    "hijack_rate": 0.0} for q in range(20) for k in ("spike", "gaussian") for K in (0, 100)])
+>>> round(Injection(t, "real", "doc").retained("spike", "maxsim", 100)[0], 2)
+0.25
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pandas as pd
+
+from ..core.pooling import parse_pooling
+from . import claims
+
+#: Bootstrap replicates and the level of every interval.
+N_BOOT, LEVEL = 2000, 0.95
+#: "Gaussian patches barely change recall" (claim 7): retained within 1 +- this margin (two-sided: a ratio far
+#: above 1 is a length effect too, PAPER.md's "semantic, not length-driven").
+LENGTH_NEUTRAL_MARGIN = 0.1
+#: Claim 8: "most" arg-max selections, and the paper's bound for Gaussian patches.
+MOST, FEW = 0.5, 0.15
+
+
+def label(spec: str) -> str:
+    return parse_pooling(spec).label
+
+
+class Injection:
+    """Bootstrap view of one per-query injection table (module docstring) in one world.
+
+    ``n_seeds`` of the rows it writes: the number of trained seeds in the synthetic world, None in the real one
+    (one MaxSim model; queries are the unit).
+    """
+
+    def __init__(self, table: pd.DataFrame, world: str, where: str, n_boot: int = N_BOOT, seed: int = 0):
+        missing = {"seed", "query", "kind", "K", "pooling", "hit", "hijack_rate"} - set(table.columns)
+        if missing:
+            raise ValueError(f"table: missing columns {sorted(missing)}")
+        self.table, self.world, self.where = table, world, where
+        self.seeds = sorted(table["seed"].unique())
+        self.queries = sorted(table["query"].unique())
+        S, Q = len(self.seeds), len(self.queries)
+        rng = np.random.default_rng(seed)
+        self._s = rng.integers(0, S, size=(n_boot, S))[:, :, None]  # [B, S, 1]
+        self._q = rng.integers(0, Q, size=(n_boot, S, Q))  # [B, S, Q]
+        self.n_seeds = S if world == "synthetic" else None
+        self.n_queries = Q
+        self._arr = cache(self._array)
+
+    def _array(self, kind: str, pooling: str, K: int, col: str) -> np.ndarray:
+        sub = self.table[(self.table["kind"] == kind) & (self.table["pooling"] == pooling) & (self.table["K"] == K)]
+        wide = sub.pivot_table(index="seed", columns="query", values=col).reindex(index=self.seeds,
+                                                                                  columns=self.queries)
+        if sub.empty or wide.isna().any().any():
+            raise ValueError(f"table: no complete (seed, query) grid for kind={kind!r}, pooling={pooling!r}, K={K}")
+        return wide.to_numpy(float)  # [S, Q]
+
+    def mean(self, kind: str, pooling: str, K: int, col: str = "hit") -> tuple[float, np.ndarray]:
+        """(point mean, bootstrap replicates [B]) of ``col`` over seeds and queries."""
+        x = self._arr(kind, pooling, K, col)
+        return float(x.mean()), x[self._s, self._q].mean(axis=(1, 2))
+
+    def retained(self, kind: str, pooling: str, K: int) -> tuple[float, np.ndarray, float]:
+        """(Recall@1(K) / Recall@1(0), its replicates (NaN where a replicate has no clean hit), clean hits)."""
+        a, ra = self.mean(kind, pooling, K)
+        b, rb = self.mean(kind, pooling, 0)
+        hits = self.hits(kind, pooling, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (a / b if b > 0 else float("nan")), np.where(rb > 0, ra / rb, np.nan), hits
+
+    def hits(self, kind: str, pooling: str, K: int) -> float:
+        """Hits (gold ranked first) summed over seeds and queries."""
+        return float(self._arr(kind, pooling, K, "hit").sum())
+
+    def row(self, claim: str, link: str, quantity: str, paper: str, point: float, reps: np.ndarray, rule,
+            base_hits: float | None = None) -> dict[str, object]:
+        """A claims row from a point estimate and its replicates; ``rule(low, high, n_seeds)`` gives the verdict
+        (floors, NaN and the seed cap are applied here)."""
+        ok = reps[np.isfinite(reps)]
+        lo, hi = (np.quantile(ok, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if ok.size else (np.nan, np.nan))
+        if base_hits is not None and claims.floor(base_hits):
+            verdict = "untestable here"
+        else:
+            verdict = claims.few_seeds(rule(float(lo), float(hi), self.n_seeds), self.n_seeds)
+        return claims.row(claim, link, self.world, quantity, paper, point, float(lo), float(hi), verdict, self.where,
+                          n_seeds=self.n_seeds, n_queries=self.n_queries, base_hits=base_hits)
+
+
+def collapse(ev: Injection, poolings: list[str], K: int, paper: dict[str, str]) -> list[dict[str, object]]:
+    """Claim 5, first links: spikes leave each of ``poolings`` under half its clean Recall@1."""
+    rows = []
+    for p in poolings:
+        point, reps, hits = ev.retained("spike", p, K)
+        rows.append(ev.row("5", f"spikes collapse {label(p)}", f"retained Recall@1, spikes K={K} (< 0.5)",
+                           paper.get(p, ""), point, reps,
+                           lambda lo, hi, n: claims.direction(lo, hi, 0.5, above=False, n_seeds=n), hits))
+    return rows
+
+
+def keeps_more(ev: Injection, softmax: str, against: list[str], K: int, paper: str) -> list[dict[str, object]]:
+    """Claim 5, last link, twice: retained Recall@1 of ``softmax`` minus the best of ``against`` under spikes,
+    and the same at equal length (Recall@1 under K spikes over Recall@1 under K Gaussian patches: what spikes
+    cost beyond what K more patches of any kind do). When only the first holds, softmax's robustness is a
+    length effect."""
+    sm, reps, hits = ev.retained("spike", softmax, K)
+    others = [ev.retained("spike", p, K) for p in against]
+    best, best_reps = max(o[0] for o in others), np.fmax.reduce([o[1] for o in others])
+    names = "/".join(label(p) for p in against)
+    rows = [ev.row("5", f"{label(softmax)} keeps more", f"retained, spikes K={K}: {label(softmax)} - best of {names}",
+                   paper, sm - best, reps - best_reps, lambda lo, hi, n: claims.direction(lo, hi, n_seeds=n), hits)]
+
+    def equal_length(p: str) -> tuple[float, np.ndarray, float]:
+        s, rs = ev.mean("spike", p, K)
+        g, rg = ev.mean("gaussian", p, K)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (s / g if g > 0 else np.nan), np.where(rg > 0, rs / rg, np.nan), ev.hits("gaussian", p, K)
+
+    sm, reps, ghits = equal_length(softmax)
+    others = [equal_length(p) for p in against]
+    best, best_reps = max(o[0] for o in others), np.fmax.reduce([o[1] for o in others])
+    rows.append(ev.row("5", f"{label(softmax)} keeps more at equal length",
+                       f"R@1 under K={K} spikes / R@1 under K={K} Gaussian patches: {label(softmax)} - best of "
+                       f"{names}", paper, sm - best, reps - best_reps,
+                       lambda lo, hi, n: claims.direction(lo, hi, n_seeds=n), min(ghits, max(o[2] for o in others))))
+    return rows
+
+
+def larger_k(ev: Injection, topks: list[str], K: int, paper: str) -> list[dict[str, object]]:
+    """Claim 6: the largest k gains at most 0.1 of retained Recall@1 over the smallest; untestable when a k has
+    too few clean hits or every k has collapsed (a floor)."""
+    ret = {p: ev.retained("spike", p, K) for p in topks}
+    lo_k, hi_k = topks[0], topks[-1]
+    gain, gain_reps = ret[hi_k][0] - ret[lo_k][0], ret[hi_k][1] - ret[lo_k][1]
+    collapsed = max(r[0] for r in ret.values()) < claims.COLLAPSE_FLOOR
+    hits = min(r[2] for r in ret.values())
+    link = f"larger k does not help ({label(hi_k)} - {label(lo_k)} <= {2 * claims.SIMILAR_MARGIN:g})"
+    row = ev.row("6", link, f"retained Recall@1 under K={K} spikes, {label(hi_k)} - {label(lo_k)} (retained: "
+                 + ", ".join(f"{label(p)} {r[0]:.3f}" for p, r in ret.items()) + ")", paper, gain, gain_reps,
+                 lambda lo, hi, n: claims.direction(lo, hi, 2 * claims.SIMILAR_MARGIN, above=False, n_seeds=n), hits)
+    if collapsed and row["verdict"] != "untestable here":
+        row["verdict"] = "untestable here"  # all at the floor: no comparison among them
+    return [row]
+
+
+def length_neutral(ev: Injection, poolings: list[str], K: int, paper: str) -> list[dict[str, object]]:
+    """Claim 7: K Gaussian patches leave Recall@1 within 1 +- ``LENGTH_NEUTRAL_MARGIN`` of its clean value."""
+    rows = []
+    for p in poolings:
+        point, reps, hits = ev.retained("gaussian", p, K)
+        rows.append(ev.row("7", f"Gaussian barely changes {label(p)}", f"retained Recall@1, Gaussian K={K} "
+                           f"(within 1 +- {LENGTH_NEUTRAL_MARGIN:g})", paper, point, reps,
+                           lambda lo, hi, n: claims.similar(lo, hi, LENGTH_NEUTRAL_MARGIN, 1.0, n_seeds=n), hits))
+    return rows
+
+
+def argmax_moves(ev: Injection, poolings: list[str], K: int, paper: str) -> list[dict[str, object]]:
+    """Claim 8: the hijack rate (arg-max share on injected patches) exceeds ``MOST`` under spikes and stays
+    under ``FEW`` under Gaussian patches, in each pooling's top non-gold document."""
+    rows = []
+    for p in poolings:
+        for kind, text, thr, above, pp in (("spike", "spikes take most arg-max selections", MOST, True, paper),
+                                           ("gaussian", "Gaussian patches take few", FEW, False, "< 0.15")):
+            point, reps = ev.mean(kind, p, K, "hijack_rate")
+            rows.append(ev.row("8", f"{text}, {label(p)}", f"hijack rate (share of query tokens whose arg-max patch "
+                               f"is injected), {kind} K={K} ({'>' if above else '<'} {thr})", pp, point, reps,
+                               lambda lo, hi, n, t=thr, a=above: claims.direction(lo, hi, t, above=a, n_seeds=n)))
+    return rows
+
+
+def length_effect_reading(table: pd.DataFrame) -> str:
+    """One sentence per softmax judged by ``keeps_more`` in a claims table: its retained-recall advantage under
+    spikes, the same at equal length, and what the two intervals together say (indicative where they rest on
+    fewer than ``claims.MIN_SEEDS`` trained seeds)."""
+    out = []
+    for link in table[table["link"].str.endswith(" keeps more")]["link"]:
+        raw = table[table["link"] == link].iloc[0]
+        eq = table[table["link"] == f"{link} at equal length"].iloc[0]
+        if "untestable here" in (raw["verdict"], eq["verdict"]):
+            what = f"too few hits to judge (at least {claims.MIN_BASE_HITS} needed)"
+        elif raw["ci_low"] > 0 and eq["ci_low"] > 0:
+            what = "the advantage survives the equal-length control"
+        elif raw["ci_low"] > 0:
+            what = "the advantage does not survive the equal-length control: a length effect, not robustness"
+        else:
+            what = "no advantage under spikes"
+        if "indicative" in (raw["verdict"], eq["verdict"]):
+            what += f" (indicative: fewer than {claims.MIN_SEEDS} trained seeds or an undecided interval)"
+        out.append(f"{link}: {raw['ours']:+.3f} [{raw['ci_low']:+.3f}, {raw['ci_high']:+.3f}] retained recall over "
+                   f"the best hard pooling, {eq['ours']:+.3f} [{eq['ci_low']:+.3f}, {eq['ci_high']:+.3f}] at equal "
+                   f"length; {what}.")
+    return "\n".join(out)
