@@ -229,11 +229,11 @@ def plot_token_selection(ax: plt.Axes, example: dict, title: str = "", max_token
 
 #: Panels of the claims figure: (words in the quantity text, x-axis label, x limits or None for automatic).
 CLAIM_PANELS = (
-    (("finding",), "findings beyond the paper: difference in Recall@1 (or in retained recall)", (-1.05, 1.05)),
     (("gini",), "Gini of patch gradients (level, or difference between poolings)", (-0.35, 1.05)),
     (("retained",), "retained Recall@1 (attacked / clean, or difference)", (-0.2, 1.3)),
     (("selection", "arg-max", "hijack"), "share of arg-max selections on injected patches", (-0.05, 1.05)),
     (("recall@1", "r@1"), "Recall@1 (level, or difference)", (-1.05, 1.05)),
+    (("finding",), "findings beyond the paper: difference in Recall@1", (-1.05, 1.05)),
     ((), "other quantity (unit in the claims table)", None),
 )
 
@@ -262,8 +262,8 @@ def _claim_panel(claim: str, quantity: str) -> int:
 def plot_claims(ax_or_fig, claims: pd.DataFrame, max_label: int = 64) -> list[plt.Axes]:
     """Forest plot of a claims table (``claims.COLUMNS``): one row per claim link and world, our estimate (dot)
     with its 95 % interval (bar) coloured by verdict, the paper's number (open diamond, or a black bar for a
-    range) where it is numeric. Given a Figure: one panel per kind of quantity (findings beyond the paper, Gini,
-    retained recall, share of selections, Recall@1, other; ``CLAIM_PANELS``), sized to its rows; given an Axes:
+    range) where it is numeric. Given a Figure: one panel per kind of quantity (Gini, retained recall, share of
+    selections, Recall@1, findings beyond the paper, other; ``CLAIM_PANELS``), sized to its rows; given an Axes:
     every row on it (pass one kind).
     Values beyond a panel's limits are drawn at its edge as an arrow with the number. Returns the axes."""
     df = claims.reset_index(drop=True).copy()
@@ -324,5 +324,8 @@ def _forest(ax: plt.Axes, sub: pd.DataFrame, kind: int | None, max_label: int) -
 
 
 def _claim_row_label(r, max_label: int) -> str:
-    text = f"{r.claim} · {r.link} ({r.world})"
+    import re
+
+    reading = re.search(r"\((\w+) reading\)", str(r.quantity))  # claim 1 is measured in two readings
+    text = f"{r.claim} · {r.link} ({r.world}{', ' + reading.group(1) + ' reading' if reading else ''})"
     return text if len(text) <= max_label else text[: max_label - 1] + "…"
