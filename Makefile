@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS := real,notebooks,dev,ray
+EXTRAS := real,notebooks,dev,ray,book
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PAPER_NOTEBOOKS := $(filter-out notebooks/01_%,$(NOTEBOOKS))
 SANITIZE := tests/nbval_sanitize.cfg
@@ -58,6 +58,8 @@ lint: venv
 ## wrote is compared with its committed copy in reports/quick/ (spikehijack/regeneration.py).
 test: venv lint
 	$(PY) -m pytest tests --doctest-modules spikehijack -k "not regenerated"
+	# ^ this run includes the browser test, tests/test_book.py: it builds the book (make html) when build/html is
+	#   missing or stale and opens every page in headless Chromium (skipped, saying how to run it, without one)
 	rm -rf $(REGEN)
 	SPIKEHIJACK_RESULTS=$(REGEN) $(PY) -m pytest -p tests.nbval_numbers --nbval --nbval-current-env \
 		--nbval-sanitize-with $(SANITIZE) $(NOTEBOOKS)
@@ -68,8 +70,9 @@ bench: venv
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_sweeps.py
 
+## The book (Jupyter Book 1.x, offline, MathJax served from the build): book/ + the executed notebooks -> build/html.
 html: venv
-	$(PY) scripts/build_html.py --out build/html --first 06_reproduction_report $(NOTEBOOKS)
+	$(PY) scripts/build_book.py --out build/html
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis results/.tmp
