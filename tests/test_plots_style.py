@@ -163,3 +163,17 @@ def test_claims_forest_plot_on_one_axes():
     (drawn,) = plots.plot_claims(ax, gini)
     assert drawn is ax and len(ax.get_yticklabels()) == len(gini)
     plots.check_figure(fig)
+
+
+def test_check_figure_accepts_an_axis_sharing_a_labelled_one():
+    import matplotlib.pyplot as plt
+
+    from spikehijack.reporting import plots
+
+    fig, axes = plt.subplots(1, 2, sharey=True)
+    for ax in axes:
+        ax.plot([1, 2], [0.1, 0.2])
+        ax.set_xlabel("document length M (patches)")
+    axes[0].set_ylabel("Recall@1")
+    assert plots.check_figure(fig) is fig  # the right panel shares the left one's y label
+    plt.close(fig)

@@ -121,6 +121,7 @@ AXIS_LABELS: dict[str, str] = {
     "spike_hijack": "hijack rate under spike injection",
     "gaussian_hijack": "hijack rate under Gaussian injection",
     "argmax_shift": "share of arg-max selections moved",
+    "selection_mass": "selection mass on injected patches (pooling weights)",
     "clean_r1": "clean Recall@1",
     "clean_mrr": "clean mean reciprocal rank",
     "spike_r1": "Recall@1 under spike injection",
@@ -196,7 +197,8 @@ def check_figure(fig: Figure) -> Figure:
     """Raise ``FigureStyleError`` listing every problem of ``fig``; return ``fig`` when it passes.
 
     Every axis that shows data needs an x and a y label (tick labels naming the rows stand in for the y label,
-    e.g. a forest plot or a heatmap with token names), and no label may look like an identifier; a legend
+    e.g. a forest plot or a heatmap with token names; an axis shared with a labelled one needs none), and no
+    label may look like an identifier; a legend
     title may not be a bare column name; every image drawn with a colour map needs a colour bar."""
     problems: list[str] = []
     fig.canvas.draw()  # tick labels exist only once drawn
@@ -206,10 +208,12 @@ def check_figure(fig: Figure) -> Figure:
             continue
         name = ax.get_title() or f"axes {i}"
         if _has_data(ax):
-            for which, label, ticks in (("x", ax.get_xlabel(), ax.get_xticklabels()),
-                                        ("y", ax.get_ylabel(), ax.get_yticklabels())):
+            for which, label, ticks, shared in (
+                    ("x", ax.get_xlabel(), ax.get_xticklabels(), ax.get_shared_x_axes().get_siblings(ax)),
+                    ("y", ax.get_ylabel(), ax.get_yticklabels(), ax.get_shared_y_axes().get_siblings(ax))):
                 named_ticks = any(t.get_text() and not _is_number(t.get_text()) for t in ticks)
-                if not label.strip() and not named_ticks:
+                sibling = any((o.get_xlabel() if which == "x" else o.get_ylabel()).strip() for o in shared)
+                if not label.strip() and not named_ticks and not sibling:
                     problems.append(f"{name}: no {which} label")
                 elif looks_like_identifier(label):
                     problems.append(f"{name}: {which} label {label!r} looks like a variable name")
