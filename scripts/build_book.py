@@ -56,8 +56,10 @@ HEADLINES = [
     ("gini_softmax", "1", r"level, Softmax", "synthetic", "final gradient Gini of softmax (synthetic world)"),
     ("retained_maxsim", "5", r"spikes collapse MaxSim", "real", "Recall@1 retained by MaxSim under 100 injected "
      "spikes (real benchmark)"),
-    ("hijack_maxsim", "5", r"hijack rate MaxSim", "real", "share of MaxSim's arg-max selections hijacked by the "
-     "spikes (real benchmark)"),
+    ("softmax_equal_length", "5", r"keeps more at equal length", "real", "softmax's retained-recall advantage over the "
+     "best hard pooling at equal length (real benchmark)"),
+    ("hijack_maxsim", "8", r"spikes take most arg-max selections, MaxSim", "real", "hijack rate: share of query "
+     "tokens whose arg-max patch is an injected spike, MaxSim (real benchmark)"),
 ]
 
 
