@@ -27,8 +27,11 @@ SENSITIVITY = io.REPO_ROOT / "notebooks" / "data" / "synthetic_sensitivity.csv"
 RENAMED = {"argmax_shift": "hijack_rate", "hijack": "selection_mass"}
 
 
+def read(name: str) -> pd.DataFrame:
+    return pd.read_csv(TABLES / name)
+
+
 def main() -> None:
-    read = lambda name: pd.read_csv(TABLES / name)  # noqa: E731
     m64 = read("synthetic_training_M64.csv")
     c02 = pd.concat([ch02.claims_02(m64, "pair", pd.read_csv(SENSITIVITY)),
                      ch02.claims_02(m64, "infonce").query("claim == '1'")], ignore_index=True)

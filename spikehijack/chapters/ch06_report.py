@@ -50,10 +50,6 @@ VERDICTS = [*claims.VERDICTS, *LEGACY_VERDICTS]
 VERDICT_MARK = {"reproduced": "✅", "partly reproduced": "🟡", "not reproduced": "❌", "indicative": "🔹",
                 "untestable here": "⬜", "calibrated": "🎯", "mechanism": "⚙️", "supported": "✅",
                 "not supported": "❌", "inconclusive": "⬜", "refuted": "⛔"}
-VERDICT_COLOR = {"reproduced": "#2ca02c", "partly reproduced": "#bcbd22", "not reproduced": "#d62728",
-                 "indicative": "#9ecae1", "untestable here": "#c7c7c7", "calibrated": "#9467bd",
-                 "mechanism": "#8c564b", "supported": "#2ca02c", "not supported": "#d62728",
-                 "inconclusive": "#c7c7c7", "refuted": "#7f0000"}
 PAPER_CLAIMS = claims.PAPER_CLAIMS
 
 # Fallback keywords when a claim's text does not start with its number (checked in this order).

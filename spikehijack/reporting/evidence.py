@@ -112,17 +112,18 @@ def collapse(ev: Injection, poolings: list[str], K: int, paper: dict[str, str]) 
     return rows
 
 
+def _minus_best(own: tuple[float, np.ndarray, float], others: list[tuple[float, np.ndarray, float]]
+                ) -> tuple[float, np.ndarray]:
+    """(point, replicates) of an arm minus the best of ``others`` (each (point, replicates, hits)), the best
+    taken per replicate (NaN replicates of one arm ignored)."""
+    return own[0] - max(o[0] for o in others), own[1] - np.fmax.reduce([o[1] for o in others])
+
+
 def keeps_more(ev: Injection, softmax: str, against: list[str], K: int, paper: str) -> list[dict[str, object]]:
     """Claim 5, last link, twice: retained Recall@1 of ``softmax`` minus the best of ``against`` under spikes,
     and the same at equal length (Recall@1 under K spikes over Recall@1 under K Gaussian patches: what spikes
     cost beyond what K more patches of any kind do). When only the first holds, softmax's robustness is a
     length effect."""
-    sm, reps, hits = ev.retained("spike", softmax, K)
-    others = [ev.retained("spike", p, K) for p in against]
-    best, best_reps = max(o[0] for o in others), np.fmax.reduce([o[1] for o in others])
-    names = "/".join(label(p) for p in against)
-    rows = [ev.row("5", f"{label(softmax)} keeps more", f"retained, spikes K={K}: {label(softmax)} - best of {names}",
-                   paper, sm - best, reps - best_reps, lambda lo, hi, n: claims.direction(lo, hi, n_seeds=n), hits)]
 
     def equal_length(p: str) -> tuple[float, np.ndarray, float]:
         s, rs = ev.mean("spike", p, K)
@@ -130,13 +131,15 @@ def keeps_more(ev: Injection, softmax: str, against: list[str], K: int, paper: s
         with np.errstate(divide="ignore", invalid="ignore"):
             return (s / g if g > 0 else np.nan), np.where(rg > 0, rs / rg, np.nan), ev.hits("gaussian", p, K)
 
-    sm, reps, ghits = equal_length(softmax)
-    others = [equal_length(p) for p in against]
-    best, best_reps = max(o[0] for o in others), np.fmax.reduce([o[1] for o in others])
+    names = "/".join(label(p) for p in against)
+    rule = lambda lo, hi, n: claims.direction(lo, hi, n_seeds=n)  # noqa: E731
+    own, others = ev.retained("spike", softmax, K), [ev.retained("spike", p, K) for p in against]
+    rows = [ev.row("5", f"{label(softmax)} keeps more", f"retained, spikes K={K}: {label(softmax)} - best of {names}",
+                   paper, *_minus_best(own, others), rule, own[2])]
+    own, others = equal_length(softmax), [equal_length(p) for p in against]
     rows.append(ev.row("5", f"{label(softmax)} keeps more at equal length",
                        f"R@1 under K={K} spikes / R@1 under K={K} Gaussian patches: {label(softmax)} - best of "
-                       f"{names}", paper, sm - best, reps - best_reps,
-                       lambda lo, hi, n: claims.direction(lo, hi, n_seeds=n), min(ghits, max(o[2] for o in others))))
+                       f"{names}", paper, *_minus_best(own, others), rule, min(own[2], max(o[2] for o in others))))
     return rows
 
 
@@ -146,15 +149,16 @@ def larger_k(ev: Injection, topks: list[str], K: int, paper: str) -> list[dict[s
     ret = {p: ev.retained("spike", p, K) for p in topks}
     lo_k, hi_k = topks[0], topks[-1]
     gain, gain_reps = ret[hi_k][0] - ret[lo_k][0], ret[hi_k][1] - ret[lo_k][1]
-    collapsed = max(r[0] for r in ret.values()) < claims.COLLAPSE_FLOOR
-    hits = min(r[2] for r in ret.values())
+    collapsed = max(r[0] for r in ret.values()) < claims.COLLAPSE_FLOOR  # all at the floor: no comparison
+
+    def rule(lo: float, hi: float, n: int | None) -> str:
+        return "untestable here" if collapsed else claims.direction(lo, hi, 2 * claims.SIMILAR_MARGIN, above=False,
+                                                                    n_seeds=n)
+
     link = f"larger k does not help ({label(hi_k)} - {label(lo_k)} <= {2 * claims.SIMILAR_MARGIN:g})"
-    row = ev.row("6", link, f"retained Recall@1 under K={K} spikes, {label(hi_k)} - {label(lo_k)} (retained: "
-                 + ", ".join(f"{label(p)} {r[0]:.3f}" for p, r in ret.items()) + ")", paper, gain, gain_reps,
-                 lambda lo, hi, n: claims.direction(lo, hi, 2 * claims.SIMILAR_MARGIN, above=False, n_seeds=n), hits)
-    if collapsed and row["verdict"] != "untestable here":
-        row["verdict"] = "untestable here"  # all at the floor: no comparison among them
-    return [row]
+    return [ev.row("6", link, f"retained Recall@1 under K={K} spikes, {label(hi_k)} - {label(lo_k)} (retained: "
+                   + ", ".join(f"{label(p)} {r[0]:.3f}" for p, r in ret.items()) + ")", paper, gain, gain_reps,
+                   rule, min(r[2] for r in ret.values()))]
 
 
 def length_neutral(ev: Injection, poolings: list[str], K: int, paper: str) -> list[dict[str, object]]:
