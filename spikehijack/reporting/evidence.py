@@ -201,7 +201,7 @@ def length_effect_reading(table: pd.DataFrame) -> str:
         elif raw["ci_low"] > 0:
             what = "the advantage does not survive the equal-length control: a length effect, not robustness"
         else:
-            what = "no advantage under spikes"
+            what = "no advantage established under spikes"
         if "indicative" in (raw["verdict"], eq["verdict"]):
             what += f" (indicative: fewer than {claims.MIN_SEEDS} trained seeds or an undecided interval)"
         out.append(f"{link}: {raw['ours']:+.3f} [{raw['ci_low']:+.3f}, {raw['ci_high']:+.3f}] retained recall over "
