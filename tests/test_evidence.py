@@ -72,3 +72,15 @@ def test_oracle_ranks_by_concepts_and_expected_recall_handles_ties():
     assert r.mean() > 0.8  # short documents: the positive's support concepts stand out
     s = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [3.0, 1.0, 0.0]])
     torch.testing.assert_close(expected_recall_at_1(s, torch.tensor([0, 1, 1])), torch.tensor([0.5, 0.5, 0.0]))
+
+
+def test_oracle_scores_tie_exactly_for_the_same_count_profile():
+    """Integer log-counts: a document and a permutation of its patches score bit-for-bit the same."""
+    w = generate(SyntheticConfig(n_train=1, n_eval=32, length=64, n_support=11))
+    ev = w.eval
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    ev.negatives, ev.neg_kind = ev.positives[:, perm], ev.pos_kind[:, perm]  # negatives: shuffled positives
+    s = oracle_scores(ev, w.concepts)
+    n = len(ev)
+    assert torch.equal(s[:, :n], s[:, n:])
+    assert (expected_recall_at_1(s, torch.arange(n)) <= 0.5).all()  # the shuffled twin always ties the gold

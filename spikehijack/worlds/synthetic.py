@@ -15,6 +15,7 @@ only the random filler patches (PAPER.md: "queries and concept assignments fixed
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -166,11 +167,18 @@ def concept_ids(patches: Tensor, concepts: Tensor, kind: Tensor | None = None) -
     return ids if kind is None else ids.masked_fill(kind == SPIKE, -1)
 
 
+#: Fixed-point scale of the oracle's log-counts: integer scores, so two documents with the same count profile tie
+#: exactly on every CPU code path (float sums of log1p may differ in the last bit between code paths).
+ORACLE_SCALE = 2**20
+
+
 def oracle_scores(split: Split, concepts: Tensor) -> Tensor:
     """Scores [N, 2N] (``split.corpus()`` order) of a retriever that knows every patch's concept: the sum over
     the query's distinct concepts c of log(1 + n_c), n_c the patches of concept c in the document (of the
     counting rules we tried, coverage, counts and log-counts, the one with the highest Recall@1 at every
     length). A reference for what concept identities allow at this length, not a bound on a trained encoder.
+    Each log(1 + n) is rounded to ``ORACLE_SCALE`` units and summed in integers, so ties are exact; the scores
+    are those integers / ``ORACLE_SCALE`` in float64 (exact).
 
     >>> w = generate(SyntheticConfig(n_train=1, n_eval=8, length=32, n_support=8))
     >>> oracle_scores(w.eval, w.concepts).shape
@@ -178,14 +186,15 @@ def oracle_scores(split: Split, concepts: Tensor) -> Tensor:
     """
     docs = torch.cat([concept_ids(split.positives, concepts, split.pos_kind),
                       concept_ids(split.negatives, concepts, split.neg_kind)])  # [2N, M]
-    counts = torch.zeros(docs.shape[0], concepts.shape[0] + 1)
-    counts.scatter_add_(1, docs + 1, torch.ones(docs.shape))  # column 0: "no concept" (spikes)
+    counts = torch.zeros(docs.shape[0], concepts.shape[0] + 1, dtype=torch.long)
+    counts.scatter_add_(1, docs + 1, torch.ones_like(docs))  # column 0: "no concept" (spikes)
     qc = split.query_concepts  # [N, T]
     first = torch.ones_like(qc, dtype=torch.bool)  # each distinct concept once
     for i in range(1, qc.shape[1]):
         first[:, i] = ~(qc[:, :i] == qc[:, i : i + 1]).any(1)
+    log1p = torch.tensor([round(math.log1p(n) * ORACLE_SCALE) for n in range(docs.shape[1] + 1)])
     n = counts[:, 1:][:, qc].permute(1, 0, 2)  # [N, 2N, T]
-    return (torch.log1p(n) * first[:, None, :]).sum(-1)
+    return (log1p[n] * first[:, None, :]).sum(-1).double() / ORACLE_SCALE
 
 
 def expected_recall_at_1(scores: Tensor, gold: Tensor) -> Tensor:
