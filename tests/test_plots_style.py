@@ -177,3 +177,140 @@ def test_check_figure_accepts_an_axis_sharing_a_labelled_one():
     axes[0].set_ylabel("Recall@1")
     assert plots.check_figure(fig) is fig  # the right panel shares the left one's y label
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- intervals, paper values, labels (issue 14)
+
+
+def _quick(name: str) -> pd.DataFrame:
+    return pd.read_csv(ROOT / "reports" / "quick" / name)
+
+
+def _overlapping(boxes) -> list:
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:]
+            if min(ba.x1, bb.x1) - max(ba.x0, bb.x0) > 1 and min(ba.y1, bb.y1) - max(ba.y0, bb.y0) > 1]
+
+
+def test_injection_curves_match_the_summary_and_stay_in_range():
+    from spikehijack.chapters import ch03_tradeoff as ch03
+    from spikehijack.reporting import evidence
+
+    inj = _quick("synthetic_injection.csv")
+    bands = evidence.curves(inj)
+    summ = ch03.injection_summary(inj).groupby(["kind", "pooling", "K"])[["retained", "hijack_rate"]].mean()
+    both = bands.set_index(["kind", "pooling", "K"]).join(summ.add_suffix("_table"))
+    assert np.allclose(both["retained"], both["retained_table"], equal_nan=True)  # the figure draws the table
+    assert np.allclose(both["hijack_rate"], both["hijack_rate_table"])
+    assert (bands["hijack_rate_low"] >= 0).all() and (bands["hijack_rate_high"] <= 1).all()
+    assert (bands["retained_low"] >= 0).all()
+    assert (bands["retained_low"] <= bands["retained"] + 1e-12).all()
+
+
+def test_injection_figure_has_bands_pooling_colours_and_a_log_retained_axis():
+    from spikehijack.reporting import evidence
+
+    inj = _quick("synthetic_injection.csv")
+    fig, (a, b) = plt.subplots(1, 2)
+    plots.plot_injection(a, evidence.curves(inj), "retained", "retained", legend=False, xscale="symlog")
+    plots.plot_injection(b, evidence.curves(inj), "hijack_rate", "hijack")
+    plots.check_figure(fig)
+    assert a.get_yscale() == "symlog"  # one series reaches 10x: linear to 1, log above
+    assert len(a.collections) == 6 and len(b.collections) == 6  # a band per (pooling, kind)
+    assert {line.get_color() for line in a.lines if line.get_label().startswith("MaxSim")} == {
+        plots.color_for("MaxSim")}
+    assert b.get_ylim()[1] <= 1.05 and all(not plots.looks_like_identifier(t.get_text())
+                                           for t in b.get_legend().get_texts())
+
+
+def test_real_injection_figure_takes_per_query_rows_for_its_bands():
+    from spikehijack.chapters import ch04_real as ch04
+
+    inj = _quick("real_injection_04.csv")
+    inj = inj[inj["pooling"].isin(["MaxSim", "Top-4"])]
+    fig, ax = plt.subplots()
+    plots.plot_injection(ax, ch04.retained(inj), "retained", "retained", per_query=inj)
+    plots.check_figure(fig)
+    assert len(ax.collections) == 4 and ax.get_yscale() == "linear"
+
+
+def test_frontier_draws_intervals_labels_without_overlap_and_no_zigzag():
+    from spikehijack.chapters import ch05_findings as f5
+
+    quality, per_seed = _quick("beyond_quality_05.csv"), _quick("beyond_per_seed_05.csv")
+    table = f5.frontier_table(per_seed, "synthetic", 64)
+    ci = f5.seed_intervals(quality, None, "synthetic", 64)
+    mx = ci[ci["train"] == "maxsim"].set_index("pooling")
+    assert np.allclose(mx.loc[table["pooling"], "spike_r1"], table["spike_r1"])  # same point as the table
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plots.plot_frontier(ax, table, "gini", "spike_r1", "frontier", intervals=ci[ci["train"] == "maxsim"])
+    plots.check_figure(fig)
+    labels = next(a for a in ax.artists if isinstance(a, plots.PlacedLabels))
+    assert len(labels.placed) == len(table) and not _overlapping(labels.placed)
+    assert not [line for line in ax.lines if len(line.get_xdata()) > 2]  # points, no line through them
+    assert len(ax.containers) == len(table)  # one error bar per pooling
+    assert ax.get_ylim()[0] >= -0.05  # the axis does not suggest a negative recall
+
+
+def test_frontier_connects_only_families_in_parameter_order():
+    table = _quick("synthetic_frontier.csv")
+    fig, ax = plt.subplots()
+    plots.plot_frontier(ax, table, "gini", "recall@1", connect=True)
+    lines = [line for line in ax.lines if len(line.get_xdata()) > 1]
+    assert len(lines) == 2  # softmax by tau, Top-k by k; MaxSim alone
+    soft = table[table["family"] == "softmax"].assign(tau=lambda t: t["pooling"].str.split(":").str[1].astype(float))
+    xs = {tuple(np.round(line.get_xdata(), 6)) for line in lines}
+    assert tuple(np.round(soft.sort_values("tau")["gini"], 6)) in xs
+
+
+def test_swap_vs_retrained_bars_clip_intervals_and_name_poolings():
+    from spikehijack.chapters import ch05_findings as f5
+
+    per_seed = _quick("beyond_per_seed_05.csv")
+    t = f5.retraining_table(per_seed, "synthetic", 64)
+    fig, ax = plt.subplots()
+    plots.plot_swap_vs_retrained(ax, t, "clean_r1", "clean")
+    plots.check_figure(fig)
+    assert ax.get_ylim()[0] == 0 and all(not plots.looks_like_identifier(x.get_text()) and ":" not in x.get_text()
+                                         for x in ax.get_xticklabels())
+    tops = [seg[1][1] for c in ax.collections for seg in c.get_segments()]  # error bar ends
+    assert max(tops) <= 1.0 and min(seg[0][1] for c in ax.collections for seg in c.get_segments()) >= 0.0
+
+
+def test_quality_bars_readable_with_intervals():
+    quality = _quick("real_quality_04.csv")
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    plots.plot_quality(ax, quality, "recall@1", n_queries=160)
+    plots.check_figure(fig)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    ticks = [(t.get_text(), t.get_window_extent(r)) for t in ax.get_xticklabels()]
+    assert not _overlapping(ticks)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend and all("(" not in s and "'" not in s for s in legend)  # no tuple entries
+    assert sum(len(c.get_segments()) for c in ax.collections) >= len(ax.patches)  # an error bar per bar
+
+
+def test_figure_2_panels_label_rows_alike_with_colour_bars():
+    rng = np.random.default_rng(0)
+    ex = {"S": rng.uniform(-0.2, 1, (4, 12)), "M": 6, "K": 6, "before": np.arange(4), "after": np.arange(4) + 6,
+          "tokens": ["a phrase", "another phrase", "a third", "a fourth"]}
+    fig, axes = plt.subplots(1, 2)
+    plots.plot_token_selection(axes[0], ex, "spike", labels=True)
+    plots.plot_token_selection(axes[1], ex, "gaussian", labels=False)
+    plots.check_figure(fig)
+    assert axes[0].get_ylabel() == axes[1].get_ylabel() and axes[0].images[0].colorbar is not None
+    assert axes[0].get_legend() is None  # the markers' key sits above the panel, not on the cells
+
+
+def test_paper_values_are_drawn_from_their_one_home():
+    from spikehijack.chapters import ch02_spikes as ch02
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 10], [0.5, 0.5])
+    plots.paper_levels(ax, ch02.PAPER_GINI, "paper")
+    plots.paper_range(ax, *ch02.PAPER_RECALL, "paper band")
+    levels = {round(line.get_ydata()[0], 3): line.get_color() for line in ax.lines[1:] if len(line.get_ydata())}
+    assert {v: plots.color_for(p) for p, v in ch02.PAPER_GINI.items()} == levels
+    claims02 = _quick("claims_02.csv")
+    assert set(claims02.loc[claims02["link"].str.startswith("level"), "paper"]) == {
+        f"~{v}" for v in ch02.PAPER_GINI.values()}

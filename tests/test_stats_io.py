@@ -161,3 +161,31 @@ def test_run_grid_retries_and_rejects_non_frames(tmp_path):
         run_grid([{"x": 1}], lambda c: [1], tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="local executor takes no options"):
         run_grid([{"x": 1}], square, tmp_path / "c", progress=False, address="auto")
+
+
+def test_intervals_respect_the_quantity_range():
+    assert stats.bounds_for("recall@1") == (0.0, 1.0) and stats.bounds_for("gini_pair_mean") == (0.0, 1.0)
+    assert stats.bounds_for("spike_retained") == (0.0, float("inf")) and stats.bounds_for("loss") is None
+    assert stats.bounds_for("d_clean") is None  # a difference of two recalls may be negative
+    lo, hi = stats.wilson_ci(0.0, 20)
+    assert lo == 0.0 < hi < 0.2 and stats.wilson_ci(1.0, 20)[1] == 1.0
+    rng = np.random.default_rng(0)
+    hits = [(rng.random(30) < p).astype(float) for p in (0.02, 0.05)]  # near the floor: a t-interval crosses 0
+    m, lo, hi = stats.seed_bootstrap(hits)
+    assert 0.0 <= lo <= m <= hi <= 1.0
+    assert m == pytest.approx(np.mean([h.mean() for h in hits]))  # mean over seeds of per-seed means
+
+
+def test_seed_bootstrap_of_a_ratio_and_of_one_seed():
+    rng = np.random.default_rng(1)
+    clean = [(rng.random(50) < 0.6).astype(float) for _ in range(3)]
+    after = [c * (rng.random(50) < 0.5) for c in clean]
+    m, lo, hi = stats.seed_bootstrap(after, clean)
+    assert m == pytest.approx(np.mean([a.mean() / c.mean() for a, c in zip(after, clean, strict=True)]))
+    assert 0.0 <= lo < m < hi
+    one = stats.seed_bootstrap([after[0]], seed=3)
+    assert one == pytest.approx(stats.bootstrap_ci(after[0], seed=3), abs=0.03)  # one seed: over its units
+    zero = stats.seed_bootstrap([np.zeros(5), np.ones(5)], [np.zeros(5), np.ones(5)])
+    assert zero[0] == 1.0  # a seed without clean hits is left out, as NaN in a table of per-seed ratios
+    with pytest.raises(ValueError, match="pair"):
+        stats.seed_bootstrap([np.ones(3)], [np.ones(4)])

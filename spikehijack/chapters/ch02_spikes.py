@@ -17,10 +17,17 @@ from ..core.gradients import score_grad_documents
 from ..core.pooling import parse_pooling
 from ..profiles import POOLINGS_MAIN
 from ..reporting import claims
-from ..reporting.stats import mean_ci, summarize
+from ..reporting.stats import bounds_for, mean_ci, summarize
 from ..runner.train import TrainConfig, train_stack
 from ..worlds.model import StackedEncoder
 from ..worlds.synthetic import KIND_NAMES, SyntheticConfig, SyntheticData, generate
+
+#: The paper's Figure 1 numbers (PAPER.md section 3): the gradient Gini of each pooling during training (Fig 1A)
+#: and the Recall@1 band of MaxSim and Top-4 during training (Fig 1B; MaxSim's is notebook 02's calibration
+#: target). Fig 1C (Recall@1 against M) states an ordering, no number.
+PAPER_GINI = {"maxsim": 0.78, "topk:4": 0.45, "softmax:1": 0.18}
+PAPER_RECALL = (0.33, 0.38)
+PAPER_RECALL_POOLINGS = ("maxsim", "topk:4")
 
 
 def label(spec: str) -> str:
@@ -29,9 +36,10 @@ def label(spec: str) -> str:
 
 
 def curves(df: pd.DataFrame, metric: str, by: Sequence[str] = ("pooling", "epoch")) -> pd.DataFrame:
-    """Mean and 95 % t-interval over seeds of ``metric`` per group (default: pooling x epoch)."""
+    """Mean and 95 % t-interval over seeds of ``metric`` per group (default: pooling x epoch), clipped to the
+    metric's range (``stats.bounds_for``: a Recall@1 interval stays in [0, 1])."""
     sub = df[(df["metric"] == metric) & df["value"].notna()]
-    out = summarize(sub, list(by), "value")
+    out = summarize(sub, list(by), "value", bounds=bounds_for(metric))
     if "pooling" in out.columns:
         out.insert(0, "label", out["pooling"].map(label))
     return out
@@ -126,7 +134,7 @@ def claims_02(df: pd.DataFrame, reading: str = "pair", sensitivity: pd.DataFrame
         rows.append(claims.row("1", f"{label(a)} > {label(b)}", world,
                                f"final gradient Gini ({reading} reading), {label(a)} - {label(b)}", "> 0", m, lo, hi,
                                claims.direction(lo, hi, n_seeds=n), where, n_seeds=n))
-    paper = {"maxsim": 0.78, "topk:4": 0.45, "softmax:1": 0.18}  # PAPER.md section 3, Figure 1 table
+    paper = PAPER_GINI
     for p in order:  # the paper's levels, within claims.GINI_LEVEL_MARGIN
         m, lo, hi = mean_ci(per_seed[p].to_numpy(), bounds=(0, 1))
         rows.append(claims.row("1", f"level, {label(p)}", world, f"final gradient Gini ({reading} reading), {label(p)}",
@@ -149,7 +157,7 @@ def claims_02(df: pd.DataFrame, reading: str = "pair", sensitivity: pd.DataFrame
     r1 = final_values(df, "recall@1").pivot_table(index="seed", columns="pooling", values="value")
     m, lo, hi = mean_ci(r1["maxsim"].to_numpy(), bounds=(0, 1))
     rows.append(claims.row("3", "MaxSim level", world, "final Recall@1, MaxSim (calibration target, notebook 02)",
-                           "0.33-0.38", m, lo, hi, "calibrated", where, n_seeds=n))
+                           "{:g}-{:g}".format(*PAPER_RECALL), m, lo, hi, "calibrated", where, n_seeds=n))
     m, lo, hi = mean_ci((r1["maxsim"] - r1["topk:4"]).to_numpy(), bounds=(-1, 1))
     rows.append(claims.row("3", "MaxSim ~ Top-4", world,
                            f"final Recall@1, MaxSim - Top-4 (similar: within +-{claims.SIMILAR_MARGIN}; "

@@ -126,6 +126,23 @@ def frontier_table(train_df: pd.DataFrame, inj: pd.DataFrame, K: int = 100) -> p
     return t.sort_values(["family", "gini"]).reset_index(drop=True)
 
 
+def frontier_intervals(train_df: pd.DataFrame, inj: pd.DataFrame, K: int = 100) -> pd.DataFrame:
+    """95 % intervals for the frontier figure, one row per pooling of ``frontier_table``: gini and recall@1 by
+    t over seeds (clipped to [0, 1]); retained@K by the hierarchical bootstrap of ``evidence.curves`` over the
+    per-query injection table ``inj`` (``injection_sweep`` rows). Columns pooling, ``m_low``, ``m_high``."""
+    out = []
+    for metric, name in (("gini_pair_mean", "gini"), ("recall@1", "recall@1")):
+        per_seed = final_values(train_df, metric)
+        rows = {p: mean_ci(g["value"].to_numpy(), bounds=(0, 1)) for p, g in per_seed.groupby("pooling")}
+        out.append(pd.DataFrame({f"{name}_low": {p: r[1] for p, r in rows.items()},
+                                 f"{name}_high": {p: r[2] for p, r in rows.items()}}))
+    sub = inj[(inj["kind"] == "spike") & inj["K"].isin([0, K])]
+    c = evidence.curves(sub, ("retained",))
+    c = c[c["K"] == K].set_index("pooling")
+    out.append(c[["retained_low", "retained_high"]].rename(columns=lambda n: n.replace("retained", f"retained@K={K}")))
+    return pd.concat(out, axis=1).rename_axis("pooling").reset_index()
+
+
 def oracle_by_length(configs: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Recall@1 of the concept-counting oracle (``synthetic.oracle_scores``, ties at random) on each config's
     evaluation world, per length and seed: what concept identities allow at that length. Rows: length, seed,

@@ -16,7 +16,7 @@ import pandas as pd
 from ..core.pooling import parse_pooling
 from ..profiles import NEW_POOLINGS
 from ..reporting import claims
-from ..reporting.stats import bootstrap_ci, mean_ci
+from ..reporting.stats import bootstrap_ci, mean_ci, seed_bootstrap
 from .ch05_beyond import KEYS
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,6 +95,42 @@ def frontier_table(per_seed: pd.DataFrame, world: str, length: int, train: str =
         dominated = [bool(((x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i]))).any()) for i in range(len(tab))]
         tab["pareto"] = [not d for d in dominated]
     return tab.reset_index()
+
+
+def seed_intervals(quality: pd.DataFrame, gini_rows: pd.DataFrame | None, world: str, length: int,
+                   metrics: Sequence[str] = ("clean_r1", "spike_r1", "spike_retained", "gini")) -> pd.DataFrame:
+    """The figures' intervals: per (train, pooling, mode) at one length, each metric of ``seed_metrics`` as the
+    mean over seeds (the value of ``frontier_table`` and ``retraining_table``) with a 95 % hierarchical-bootstrap
+    interval over seeds, then queries (gini: training pairs) within each seed (``stats.seed_bootstrap``), so the
+    real world's single seed still gets an interval over its queries. ``X_retained`` is Recall@1 under X over
+    the clean Recall@1 of the same queries. Columns train, pooling, mode, then ``m``, ``m_low``, ``m_high``."""
+    keys = ["train", "pooling", "mode"]
+    q = quality[(quality["world"] == world) & (quality["length"] == length)]
+    g = None if gini_rows is None else gini_rows[(gini_rows["world"] == world) & (gini_rows["length"] == length)]
+    rows = []
+    for key, sub in q.groupby(keys, sort=False):
+        by = {c: {s: x.sort_values("query")["recall@1"].to_numpy() for s, x in sc.groupby("seed")}
+              for c, sc in sub.groupby("condition")}
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        for m in metrics:
+            cond, _, what = m.partition("_")
+            if m == "gini":
+                if g is None:
+                    continue
+                gs = g[(g["train"] == key[0]) & (g["pooling"] == key[1]) & (g["mode"] == key[2])]
+                units = [x["gini"].to_numpy() for _, x in gs.groupby("seed")]
+                est = seed_bootstrap(units) if units else None
+            elif cond not in by:
+                continue
+            elif what == "retained":
+                seeds = sorted(set(by[cond]) & set(by.get("clean", {})))
+                est = seed_bootstrap([by[cond][s] for s in seeds], [by["clean"][s] for s in seeds]) if seeds else None
+            else:
+                est = seed_bootstrap([by[cond][s] for s in sorted(by[cond])])
+            if est is not None:
+                row.update(dict(zip((m, f"{m}_low", f"{m}_high"), est, strict=True)))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def beats_maxsim(

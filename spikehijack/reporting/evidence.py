@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..core.pooling import parse_pooling
 from . import claims
+from .stats import seed_bootstrap
 
 #: Bootstrap replicates and the level of every interval.
 N_BOOT, LEVEL = 2000, 0.95
@@ -208,3 +209,33 @@ def length_effect_reading(table: pd.DataFrame) -> str:
                    f"the best hard pooling, {eq['ours']:+.3f} [{eq['ci_low']:+.3f}, {eq['ci_high']:+.3f}] at equal "
                    f"length; {what}.")
     return "\n".join(out)
+
+
+def curves(table: pd.DataFrame, metrics: tuple[str, ...] = ("retained", "hijack_rate", "selection_mass"),
+           n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
+    """Per (kind, pooling, K) of a per-query injection table (module docstring; no ``seed`` column: one seed):
+    the mean over seeds of each metric and its 95 % hierarchical-bootstrap interval (``stats.seed_bootstrap``:
+    seeds, then queries), for the figures. ``retained`` is each seed's Recall@1 over its clean one (K = 0, the
+    same queries), averaged over seeds as ``ch03.injection_summary`` does; ``recall@1`` is the mean hit. Columns
+    kind, pooling, K, then ``m``, ``m_low``, ``m_high`` for each metric ``m``. Intervals stay in each metric's
+    range (percentiles of means)."""
+    t = table if "seed" in table.columns else table.assign(seed=0)
+    rows = []
+    for (kind, pooling), g in t.groupby(["kind", "pooling"], sort=False):
+        by_k = {K: {s: gs.sort_values("query") for s, gs in gk.groupby("seed")} for K, gk in g.groupby("K")}
+        clean = by_k.get(0)
+        for K, seeds in by_k.items():
+            row: dict[str, object] = {"kind": kind, "pooling": pooling, "K": K}
+            for m in metrics:
+                col = "hit" if m in ("retained", "recall@1") else m
+                vals = [seeds[s][col].to_numpy() for s in seeds]
+                if m == "retained":
+                    if clean is None or set(clean) != set(seeds):
+                        continue
+                    base = [clean[s]["hit"].to_numpy() for s in seeds]
+                    est = seed_bootstrap(vals, base, LEVEL, n_boot, seed)
+                else:
+                    est = seed_bootstrap(vals, None, LEVEL, n_boot, seed)
+                row.update(dict(zip((m, f"{m}_low", f"{m}_high"), est, strict=True)))
+            rows.append(row)
+    return pd.DataFrame(rows)

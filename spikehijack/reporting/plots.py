@@ -1,17 +1,33 @@
 """Figures: one consistent style, labelled axes, error bands. Every function returns the Axes it drew on.
 
-The style itself (a colour per pooling, human axis labels, ``check_figure``) lives in ``reporting/style.py`` and
-is re-exported here, so a notebook needs only ``plots``. Each chapter's plotting helpers live here (append new
-ones at the end of this file); the claims forest plot (``plot_claims``) closes it.
+The style itself (a colour per pooling, human axis labels, ``check_figure``) lives in ``reporting/style.py``, the
+marks every figure shares (the paper's values, labels placed without overlap, legends outside the data) in
+``reporting/marks.py`` and the claims forest plot (``plot_claims``) in ``reporting/forest.py``; all are
+re-exported here, so a notebook needs only ``plots``. Each chapter's plotting helpers live here (append new ones
+at the end of this file). Every estimate is drawn with its 95 % interval, kept inside the quantity's range.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from spikehijack.reporting import evidence
+from spikehijack.reporting.forest import CLAIM_PANELS, paper_number, plot_claims  # noqa: F401  (re-exported)
+from spikehijack.reporting.marks import (  # noqa: F401  (re-exported)
+    PlacedLabels,
+    legend_outside,
+    log_axis,
+    paper_levels,
+    paper_range,
+    place_labels,
+    wrapped,
+)
+from spikehijack.reporting.stats import bounds_for, wilson_ci
 from spikehijack.reporting.style import (  # noqa: F401  (re-exported: the notebooks' one import is ``plots``)
     AXIS_LABELS,
     BARE_TITLES,
@@ -23,6 +39,7 @@ from spikehijack.reporting.style import (  # noqa: F401  (re-exported: the noteb
     looks_like_identifier,
     palette,
     pooling_key,
+    pooling_label,
 )
 
 #: Fixed colours of the paper's three poolings (kept for old callers; ``color_for`` covers every pooling).
@@ -60,9 +77,9 @@ def plot_gini_vs_length(ax: plt.Axes, df: pd.DataFrame, bound: bool = True) -> p
     line_with_band(ax, df, "M", "mean", "pooling")
     if bound:
         b = df.drop_duplicates("M").sort_values("M")
-        ax.plot(b["M"], b["maxsim_bound"], ls="--", color="black", lw=1, label="bound 1 - T/M")
-        ax.legend(title="pooling", fontsize="small")
-    ax.set_xscale("log", base=2)
+        ax.plot(b["M"], b["maxsim_bound"], ls="--", color="black", lw=1, label="MaxSim bound 1 - T/M")
+    legend_outside(ax, title="pooling")
+    log_axis(ax, df["M"])
     ax.set_xlabel("document length M (patches)")
     ax.set_ylabel("Gini of patch gradients $g_j$")
     ax.set_ylim(-0.02, 1.02)
@@ -135,45 +152,105 @@ def plot_patch_gradients(ax: plt.Axes, g, kinds, title: str) -> plt.Axes:
 # --- beyond the paper (notebook 05) ------------------------------------------------------------------------
 
 
-def plot_frontier(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, title: str = "",
-                  labels: dict[str, str] | None = None, new: tuple[str, ...] = ()) -> plt.Axes:
-    """One labelled point per pooling (``ch05_findings.frontier_table``): e.g. Gini against clean or injected R@1.
+def _interval(row: Mapping, col: str, value: float) -> tuple[float, float]:
+    """(value - low, high - value) from ``col_low`` / ``col_high`` of a row, (0, 0) where absent."""
+    lo, hi = row.get(f"{col}_low", np.nan), row.get(f"{col}_high", np.nan)
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return 0.0, 0.0
+    return max(0.0, value - lo), max(0.0, hi - value)
 
-    Poolings named in ``new`` are drawn as stars; Pareto-optimal ones (column ``pareto``) get a black edge.
-    """
-    for row in table.itertuples(index=False):
-        spec = str(row.pooling)
-        label = (labels or {}).get(spec, spec)
-        edge = "black" if bool(getattr(row, "pareto", False)) else "none"
-        ax.scatter(getattr(row, x), getattr(row, y), s=90 if spec in new else 50, marker="*" if spec in new else "o",
-                   color=color_for(label), edgecolors=edge, linewidths=1.0, zorder=3)
-        ax.annotate(label, (getattr(row, x), getattr(row, y)), textcoords="offset points", xytext=(4, 3),
-                    fontsize="x-small")
+
+def plot_frontier(ax: plt.Axes, table: pd.DataFrame, x: str, y: str, title: str = "",
+                  labels: dict[str, str] | None = None, new: tuple[str, ...] = (),
+                  intervals: pd.DataFrame | None = None, connect: bool = False) -> plt.Axes:
+    """One point per pooling (``ch05_findings.frontier_table`` or ``ch03.frontier_table``): e.g. Gini against
+    clean or injected R@1, each with its 95 % interval in x and y where ``intervals`` gives one (a table with a
+    ``pooling`` column and ``m_low`` / ``m_high`` columns: ``ch05_findings.seed_intervals``,
+    ``ch03.frontier_intervals``). Poolings named in ``new`` are stars; Pareto-optimal ones (column ``pareto``)
+    get a black edge. ``connect``: a thin line through each family with a parameter (softmax by tau, Top-k by
+    k), in parameter order. Labels are placed where they overlap nothing (``place_labels``)."""
+    rows = table.to_dict("records")
+    if intervals is not None:
+        extra = intervals.drop_duplicates("pooling").set_index("pooling")
+        keep = [c for c in extra.columns if c.endswith(("_low", "_high"))]
+        rows = [{**r, **extra.loc[r["pooling"], keep].to_dict()} if r["pooling"] in extra.index else r for r in rows]
+    names = [(labels or {}).get(str(r["pooling"]), r.get("label") or pooling_label(str(r["pooling"]))) for r in rows]
+    if connect:
+        fams: dict[str, list[tuple[float, float, float]]] = {}
+        for r, name in zip(rows, names, strict=True):
+            fam, par = pooling_key(name)
+            try:
+                fams.setdefault(fam, []).append((float(par), float(r[x]), float(r[y])))
+            except ValueError:
+                continue
+        for fam, pts in fams.items():
+            if len(pts) > 1:
+                pts.sort()
+                mid = pts[len(pts) // 2][0]  # the family's middle member lends the line its colour
+                ax.plot([p[1] for p in pts], [p[2] for p in pts], "-", lw=1.0, alpha=0.45, zorder=1,
+                        color=color_for(f"Top-{mid:g}" if fam == "Top" else f"{fam} τ={mid:g}"))
+    for r, name in zip(rows, names, strict=True):
+        spec = str(r["pooling"])
+        vx, vy = float(r[x]), float(r[y])
+        star = spec in new
+        ax.errorbar([vx], [vy], xerr=np.array(_interval(r, x, vx)).reshape(2, 1),
+                    yerr=np.array(_interval(r, y, vy)).reshape(2, 1), fmt="none", ecolor=color_for(name) or "0.3",
+                    elinewidth=1, alpha=0.6, capsize=2, zorder=2)
+        ax.scatter(vx, vy, s=110 if star else 45, marker="*" if star else "o", color=color_for(name),
+                   edgecolors="black" if bool(r.get("pareto", False)) else "none", linewidths=1.0, zorder=3)
     ax.set_xlabel(axis_label(x, default=x))
-    ax.set_ylabel(axis_label(y, default=y))
+    ax.set_ylabel(wrapped(axis_label(y, default=y), 45))
     ax.set_title(title)
+    for col, setter, getter in ((x, ax.set_xlim, ax.get_xlim), (y, ax.set_ylim, ax.get_ylim)):
+        b = bounds_for(col)  # the axis may not suggest values the quantity cannot take
+        if b is not None:
+            lo, hi = getter()
+            setter(max(lo, b[0] - 0.03 * (hi - lo)), min(hi, b[1] + 0.03 * (hi - lo)))
+    place_labels(ax, [float(r[x]) for r in rows], [float(r[y]) for r in rows], names,
+                 colors=[color_for(n) for n in names])
     return ax
 
 
-def plot_swap_vs_retrained(ax: plt.Axes, table: pd.DataFrame, metric: str, title: str = "") -> plt.Axes:
-    """Grouped bars with 95 % CIs from ``ch05_findings.retraining_table``: one group per pooling, swap vs retrained."""
+def plot_swap_vs_retrained(ax: plt.Axes, table: pd.DataFrame, metric: str, title: str = "",
+                           intervals: pd.DataFrame | None = None, legend: bool = True) -> plt.Axes:
+    """Grouped bars with 95 % CIs from ``ch05_findings.retraining_table``: one group per pooling, swap vs retrained.
+
+    ``intervals`` (``ch05_findings.seed_intervals``: train, pooling, mode, ``metric_low``, ``metric_high``)
+    replaces the table's t-intervals over seeds (none with one seed) by bootstrap intervals over seeds and
+    queries; either way an interval is clipped to the metric's range (``stats.bounds_for``)."""
     pools = list(dict.fromkeys(table["pooling"]))
-    modes = ["swap", "retrained"]
+    modes = [("swap", "swap (MaxSim-trained model)", "#9ecae1"), ("retrained", "retrained with the pooling", "#3182bd")]
     width = 0.38
-    for k, mode in enumerate(modes):
+    b = bounds_for(metric) or (-np.inf, np.inf)
+    iv = None
+    if intervals is not None:
+        train = np.where(intervals["mode"] == "swap", "maxsim", intervals["pooling"])
+        iv = intervals[intervals["train"] == train].set_index(["pooling", "mode"])
+    for k, (mode, name, color) in enumerate(modes):
         sub = table[table["mode"] == mode].set_index("pooling")
         xs, ys, err = [], [], [[], []]
         for i, p in enumerate(pools):
             if p in sub.index and metric in sub.columns and not np.isnan(sub.loc[p, metric]):
+                src = iv.loc[(p, mode)] if iv is not None and (p, mode) in iv.index else sub.loc[p]
+                v = float(sub.loc[p, metric])
+                lo, hi = np.clip([src[f"{metric}_low"], src[f"{metric}_high"]], *b)
                 xs.append(i + (k - 0.5) * width)
-                ys.append(sub.loc[p, metric])
-                err[0].append(sub.loc[p, metric] - sub.loc[p, f"{metric}_low"])
-                err[1].append(sub.loc[p, f"{metric}_high"] - sub.loc[p, metric])
-        ax.bar(xs, ys, width, yerr=err, capsize=3, label=mode, color=["#9ecae1", "#3182bd"][k])
-    ax.set_xticks(range(len(pools)), pools, rotation=20, fontsize="small")
-    ax.set_ylabel(axis_label(metric, default=metric))
+                ys.append(v)
+                err[0].append(max(0.0, v - lo))
+                err[1].append(max(0.0, hi - v))
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=name, color=color, error_kw={"elinewidth": 1})
+        for x0, v in zip(xs, ys, strict=True):
+            if v == 0:  # a measured zero, not a missing bar
+                ax.annotate("0", (x0, 0), xytext=(0, 2), textcoords="offset points", ha="center", va="bottom",
+                            fontsize="x-small", color="0.3")
+    ax.set_xticks(range(len(pools)), [pooling_label(p) for p in pools], fontsize="small")
+    ax.set_ylabel(wrapped(axis_label(metric, default=metric), 34))
+    ax.set_xlabel("pooling")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    if b[0] == 0:
+        ax.set_ylim(bottom=0)
+    if legend:
+        ax.legend(fontsize="x-small")
     return ax
 
 
@@ -185,18 +262,51 @@ def real_color(label: str) -> str | None:
 
 
 def plot_injection(ax: plt.Axes, summary: pd.DataFrame, y: str = "retained", title: str = "",
-                   legend: bool = True) -> plt.Axes:
-    """``summary`` rows (kind, pooling, K, y): one line per pooling, solid for spikes, dashed for Gaussian.
-    The legend (if any) goes outside the axes, on the right."""
-    for (kind, label), g in summary.groupby(["kind", "pooling"], sort=False):
+                   legend: bool = True, per_query: pd.DataFrame | None = None, xscale: str = "linear") -> plt.Axes:
+    """``summary`` rows (kind, pooling, K, y): one line per pooling, solid for spikes, dashed for Gaussian, in
+    the pooling's colour, with a 95 % band where ``summary`` has ``y_low`` / ``y_high`` columns
+    (``evidence.curves``) or ``per_query`` (the per-query injection table) is given to compute them
+    (hierarchical bootstrap over seeds and queries). A retained-recall axis that reaches beyond 2 is drawn
+    linear up to 1 and logarithmic above (symlog), so that collapse near 0 and a length effect of 10x both
+    read. The legend (if any) goes outside the axes, on the right. ``xscale="symlog"``: K on a log scale
+    (linear from 0 to 25)."""
+    if per_query is not None:
+        bands = evidence.curves(per_query, (y,))
+        summary = summary.drop(columns=[c for c in (f"{y}_low", f"{y}_high") if c in summary.columns]).merge(
+            bands[["kind", "pooling", "K", f"{y}_low", f"{y}_high"]], on=["kind", "pooling", "K"], how="left")
+    has_band = {f"{y}_low", f"{y}_high"} <= set(summary.columns)
+    for (kind, pooling), g in summary.groupby(["kind", "pooling"], sort=False):
         g = g.sort_values("K")
-        ax.plot(g.K, g[y], marker="o", ms=3, ls="-" if kind == "spike" else "--", color=real_color(str(label)),
-                label=f"{label} ({kind})")
+        name = pooling_label(str(pooling))
+        color = color_for(name)
+        ax.plot(g.K, g[y], marker="o", ms=3, ls="-" if kind == "spike" else "--", color=color,
+                label=f"{name} ({kind})", zorder=3)
+        if has_band:
+            ax.fill_between(g.K, g[f"{y}_low"], g[f"{y}_high"], color=color, alpha=0.15 if kind == "spike" else 0.08,
+                            lw=0, zorder=2)
     ax.set_xlabel("injected patches per non-gold document K")
-    ax.set_ylabel(axis_label(y, default=y))
+    ax.set_ylabel(wrapped(axis_label(y, default=y), 30))
     ax.set_title(title)
+    if xscale == "symlog":
+        ks = sorted(summary["K"].unique())
+        ax.set_xscale("symlog", linthresh=min([k for k in ks if k > 0] or [1]), linscale=0.6)
+        ax.set_xticks(ks, [str(int(k)) for k in ks])
+        ax.minorticks_off()
+    lo, hi = (bounds_for(y) or (None, None))
+    top = float(np.nanmax(summary[f"{y}_high"] if has_band else summary[y]))
+    if y.endswith("retained") and top > 2:
+        ax.set_yscale("symlog", linthresh=1, linscale=2.0)
+        ticks = [t for t in (0, 0.25, 0.5, 0.75, 1, 2, 5, 10, 20, 50, 100) if t <= top * 1.2]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.axhline(1, color="0.3", lw=0.8, ls=":", zorder=1)
+        ax.set_ylabel(wrapped(axis_label(y, default=y) + "; log scale above 1", 30))
+    if lo == 0:
+        ax.set_ylim(bottom=-0.03 * max(1.0, min(top, 1.0)))
+    if hi == 1:
+        ax.set_ylim(top=1.03)
     if legend:
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        legend_outside(ax, fontsize="x-small")
     return ax
 
 
@@ -204,6 +314,8 @@ def plot_token_selection(ax: plt.Axes, example: dict, title: str = "", max_token
                          labels: bool = True, colorbar: bool = True) -> plt.Axes:
     """Figure-2 style: similarities of each query token [T] to the document's M patches and K injected ones,
     with the arg-max before (white circle) and after injection (black cross); the dashed line separates them.
+    Both panels of a pair name their rows the same way: "query phrase i" on the y axis, the row numbers as
+    ticks, and (``labels``) the phrase's text after its number.
     ``colorbar``: draw the similarity scale beside the panel (pass False for all but one of shared panels and
     add ``fig.colorbar(ax.images[0], ax=axes)`` yourself)."""
     S = example["S"][:max_tokens]
@@ -211,121 +323,60 @@ def plot_token_selection(ax: plt.Axes, example: dict, title: str = "", max_token
     if colorbar:
         plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
     rows = range(len(S))
-    ax.scatter(example["before"][: len(S)], rows, s=40, facecolors="none", edgecolors="white", label="before")
-    ax.scatter(example["after"][: len(S)], rows, s=40, marker="x", color="black", label="after")
+    ax.scatter(example["before"][: len(S)], rows, s=40, facecolors="none", edgecolors="white", linewidths=1.2,
+               label="arg-max before injection")
+    ax.scatter(example["after"][: len(S)], rows, s=40, marker="x", color="black", label="arg-max after injection")
     ax.axvline(example["M"] - 0.5, color="red", ls="--", lw=1)
     ax.set_xlabel(f"patch (0-{example['M'] - 1}: document, then {example['K']} injected)")
     ax.grid(False)
-    if labels and example.get("tokens"):
-        ax.set_yticks(list(rows), [t[:28] for t in example["tokens"][: len(S)]], fontsize="x-small")
-    else:
-        ax.set_ylabel("query token")
-    ax.set_title(title)
-    ax.legend(fontsize="x-small", loc="lower right")
+    tokens = list(example.get("tokens") or [])[: len(S)]
+    ticks = [f"{i}  {tokens[i][:26]}" if labels and i < len(tokens) else str(i) for i in rows]
+    ax.set_yticks(list(rows), ticks, fontsize="x-small")
+    ax.set_ylabel("query phrase i")
+    # the markers' key goes under the title: a legend inside would hide cells, a white circle on white is unseen
+    ax.set_title(f"{title}\n" if title else "", loc="left", fontsize="medium")
+    ax.set_title("○ arg-max before injection    × arg-max after", loc="right", fontsize="x-small",
+                 fontweight="normal")
     return ax
 
 
-# ---- the claims figure (landing page, notebook 06) --------------------------------------------------------
-
-#: Panels of the claims figure: (words in the quantity text, x-axis label, x limits or None for automatic).
-CLAIM_PANELS = (
-    (("gini",), "Gini of patch gradients (level, or difference between poolings)", (-0.35, 1.05)),
-    (("retained",), "retained Recall@1 (attacked / clean, or difference)", (-0.2, 1.3)),
-    (("selection", "arg-max", "hijack"), "share of arg-max selections on injected patches", (-0.05, 1.05)),
-    (("recall@1", "r@1"), "Recall@1 (level, or difference)", (-1.05, 1.05)),
-    (("finding",), "findings beyond the paper: difference in Recall@1", (-1.05, 1.05)),
-    ((), "other quantity (unit in the claims table)", None),
-)
+#: Reader's names of the real benchmark's tasks (``tasks.build_*``), for legends.
+TASK_NAMES = {"hpo-dx": "HPO-Dx", "hpo-dx+head": "HPO-Dx", "hpo-syn2def": "Syn2Def"}
 
 
-def paper_number(text: object) -> tuple[float, float] | None:
-    """The paper's value as (low, high) where it is numeric: ``"~0.78"`` -> (0.78, 0.78), ``"27.8 % (real)"`` ->
-    (0.278, 0.278), ``"0.33-0.38"`` -> (0.33, 0.38); None for a direction or words (``"> 0"``, ``"stable"``).
-
-    >>> paper_number("~0.78"), paper_number("0.28-0.30 for k=1,4,16 (real)"), paper_number("> 0 (p < 1e-80)")
-    ((0.78, 0.78), (0.28, 0.3), None)
-    """
-    import re
-
-    m = re.match(r"\s*[~≈]?\s*([+-]?\d*\.?\d+)\s*(?:-\s*(\d*\.?\d+))?\s*(%)?", str(text))
-    if not m or str(text).strip()[:1] in "<>":
-        return None
-    lo, hi = float(m.group(1)), float(m.group(2) or m.group(1))
-    return (lo / 100, hi / 100) if m.group(3) else (lo, hi)
-
-
-def _claim_panel(claim: str, quantity: str) -> int:
-    q = "finding" if claim.startswith("B") else quantity.lower()
-    return next(i for i, (words, _, _) in enumerate(CLAIM_PANELS) if not words or any(w in q for w in words))
-
-
-def plot_claims(ax_or_fig, claims: pd.DataFrame, max_label: int = 64) -> list[plt.Axes]:
-    """Forest plot of a claims table (``claims.COLUMNS``): one row per claim link and world, our estimate (dot)
-    with its 95 % interval (bar) coloured by verdict, the paper's number (open diamond, or a black bar for a
-    range) where it is numeric. Given a Figure: one panel per kind of quantity (Gini, retained recall, share of
-    selections, Recall@1, findings beyond the paper, other; ``CLAIM_PANELS``), sized to its rows; given an Axes:
-    every row on it (pass one kind).
-    Values beyond a panel's limits are drawn at its edge as an arrow with the number. Returns the axes."""
-    df = claims.reset_index(drop=True).copy()
-    df["panel"] = [_claim_panel(str(c), str(q)) for c, q in zip(df["claim"], df["quantity"], strict=True)]
-    if isinstance(ax_or_fig, plt.Axes):
-        fig, groups = ax_or_fig.figure, [(ax_or_fig, df, None)]
-    else:
-        fig = ax_or_fig
-        kinds = [k for k in range(len(CLAIM_PANELS)) if (df["panel"] == k).any()]
-        sizes = [int((df["panel"] == k).sum()) for k in kinds]
-        fig.set_size_inches(9, 1.2 + 0.2 * sum(sizes) + 0.55 * len(kinds))
-        axes = fig.subplots(len(kinds), 1, gridspec_kw={"height_ratios": [s + 2 for s in sizes]}, squeeze=False)
-        groups = [(axes[i, 0], df[df["panel"] == k], k) for i, k in enumerate(kinds)]
-    for ax, sub, kind in groups:
-        _forest(ax, sub, kind, max_label)
-    handles = [plt.Line2D([], [], marker="o", ls="-", color=VERDICT_COLORS[v], label=v)
-               for v in VERDICT_COLORS if v in set(df["verdict"])]
-    handles.append(plt.Line2D([], [], marker="D", ls="none", mfc="white", mec="black", label="paper's number"))
-    fig.legend(handles=handles, loc="upper center", ncol=4, fontsize="small", frameon=False,
-               bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
-    return [g[0] for g in groups]
-
-
-def _forest(ax: plt.Axes, sub: pd.DataFrame, kind: int | None, max_label: int) -> None:
-    xlabel, lims = ("claim quantity", None) if kind is None else CLAIM_PANELS[kind][1:]
-    ys = np.arange(len(sub))[::-1]
-    for y, r in zip(ys, sub.itertuples(index=False), strict=True):
-        color = VERDICT_COLORS.get(str(r.verdict), "black")
-        lo, hi, est = float(r.ci_low), float(r.ci_high), float(r.ours)
-        if lims:
-            clo, chi = np.clip([lo, hi, est], *lims)[:2], np.clip(est, *lims)
-            ax.plot(clo, [y, y], color=color, lw=2, solid_capstyle="butt")
-            ax.plot(chi, y, "o", color=color, ms=5, zorder=3)
-            if not lims[0] <= est <= lims[1] or not lims[0] <= hi <= lims[1] or not lims[0] <= lo <= lims[1]:
-                edge = lims[1] if max(est, hi) > lims[1] else lims[0]
-                ax.plot(edge, y, ">" if edge == lims[1] else "<", color=color, ms=6, zorder=3)
-                ax.annotate(f"{est:.3g} [{lo:.3g}, {hi:.3g}]", (edge, y), xytext=(-6 if edge == lims[1] else 6, 4),
-                            textcoords="offset points", ha="right" if edge == lims[1] else "left",
-                            fontsize="xx-small", color=color)
-        else:
-            ax.plot([lo, hi], [y, y], color=color, lw=2, solid_capstyle="butt")
-            ax.plot(est, y, "o", color=color, ms=5, zorder=3)
-        paper = paper_number(r.paper)
-        if paper is not None and (not lims or lims[0] <= paper[0] <= lims[1]):
-            if paper[0] == paper[1]:
-                ax.plot(paper[0], y, "D", mfc="white", mec="black", ms=5, zorder=4)
-            else:
-                ax.plot(paper, [y, y], color="black", lw=3, alpha=0.6, solid_capstyle="butt", zorder=4)
-    labels = [_claim_row_label(r, max_label) for r in sub.itertuples(index=False)]
-    ax.set_yticks(ys, labels, fontsize="x-small")
-    ax.set_ylim(-0.7, len(sub) - 0.3)
-    ax.axvline(0, color="0.4", lw=0.8, ls="--", zorder=1)
-    if lims:
-        ax.set_xlim(*lims)
-    ax.set_xlabel(xlabel, fontsize="small")
-    ax.grid(axis="y", visible=False)
-
-
-def _claim_row_label(r, max_label: int) -> str:
-    import re
-
-    reading = re.search(r"\((\w+) reading\)", str(r.quantity))  # claim 1 is measured in two readings
-    text = f"{r.claim} · {r.link} ({r.world}{', ' + reading.group(1) + ' reading' if reading else ''})"
-    return text if len(text) <= max_label else text[: max_label - 1] + "…"
+def plot_quality(ax: plt.Axes, quality: pd.DataFrame, metric: str = "recall@1",
+                 n_queries: int | Mapping[str, int] | None = None) -> plt.Axes:
+    """Grouped bars of ``metric`` from a ``ch04.evaluate`` table (task, pooling, spec, metric, value, model):
+    one group per pooling (the softmax of every model in one slot, its tau written on the bar), one bar per
+    task and model, in greys (the colours belong to poolings). ``n_queries`` (one number, or per model): a 95 %
+    Wilson interval on each bar (a Recall@k is a share of n independent queries)."""
+    t = quality[quality["metric"] == metric].copy()
+    t["slot"] = [("Softmax (validated τ)" if pooling_key(p)[0] == "Softmax" else str(p))
+                 for p in t["pooling"]]
+    t["group"] = [f"{TASK_NAMES.get(a, a)}, {m}" for a, m in zip(t["task"], t["model"], strict=True)]
+    slots, groups = list(dict.fromkeys(t["slot"])), list(dict.fromkeys(t["group"]))
+    greys = plt.get_cmap("Greys")(np.linspace(0.35, 0.85, max(2, len(groups))))
+    width = 0.8 / len(groups)
+    for k, grp in enumerate(groups):
+        sub = t[t["group"] == grp].set_index("slot")
+        xs = [i + (k - (len(groups) - 1) / 2) * width for i, sl in enumerate(slots) if sl in sub.index]
+        vals = [float(sub.loc[sl, "value"]) for sl in slots if sl in sub.index]
+        err = None
+        n = n_queries.get(sub["model"].iloc[0]) if isinstance(n_queries, Mapping) else n_queries
+        if n and bounds_for(metric) == (0.0, 1.0):
+            ci = [wilson_ci(v, int(n)) for v in vals]
+            err = [[max(0.0, v - lo) for v, (lo, _) in zip(vals, ci, strict=True)],
+                   [max(0.0, hi - v) for v, (_, hi) in zip(vals, ci, strict=True)]]
+        ax.bar(xs, vals, width, yerr=err, capsize=2, color=greys[k], label=grp, error_kw={"elinewidth": 0.8})
+        for x0, sl in zip(xs, [sl for sl in slots if sl in sub.index], strict=True):
+            if sl.startswith("Softmax"):
+                tau = pooling_key(str(sub.loc[sl, "pooling"]))[1]
+                ax.annotate(f"τ={tau}", (x0, 0), xytext=(0, 2), textcoords="offset points", ha="center",
+                            va="bottom", rotation=90, fontsize="xx-small", color="white" if k else "black")
+    ax.set_xticks(range(len(slots)), [wrapped(sl, 14) for sl in slots], fontsize="small")
+    ax.set_xlabel("pooling")
+    ax.set_ylabel(axis_label(metric, default=metric))
+    if bounds_for(metric) == (0.0, 1.0):
+        ax.set_ylim(0, 1.0)
+    legend_outside(ax, fontsize="x-small")
+    return ax

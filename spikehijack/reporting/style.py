@@ -57,6 +57,12 @@ def pooling_key(label: str) -> tuple[str, str]:
     return text, ""
 
 
+def pooling_label(text: str) -> str:
+    """The reader's name of a pooling given its spec (``"softmax:0.1"`` -> ``"Softmax τ=0.1"``); any other text
+    (a label already, or not a pooling) comes back unchanged."""
+    return _spec_label(str(text)) if str(text).partition(":")[0] in SPEC_FAMILY else str(text)
+
+
 def _spec_label(spec: str) -> str:
     from spikehijack.core import robust  # noqa: F401  (registers the poolings beyond the paper)
     from spikehijack.core.pooling import parse_pooling
