@@ -101,7 +101,10 @@ class PlacedLabels(Artist):
                 bb = Text.get_window_extent(ann, renderer).expanded(1.06, 1.2)  # the text, not its leader line
                 outside = (max(0.0, box.x0 - bb.x0) + max(0.0, bb.x1 - box.x1) + max(0.0, box.y0 - bb.y0)
                            + max(0.0, bb.y1 - box.y1))
-                cost = (_overlap(bb, [b for _, b in self.placed]) + 50 * outside
+                # a label nearer another point than its own reads as that point's: penalise the difference
+                near = [_distance(bb, p) for p in pts]
+                ambiguous = max(0.0, near[i] - min((d for j, d in enumerate(near) if j != i), default=np.inf))
+                cost = (_overlap(bb, [b for _, b in self.placed]) + 50 * outside + 30 * ambiguous
                         + _overlap(bb, [m for j, m in enumerate(markers) if j != i]))
                 if best is None or cost < best[0]:
                     best = (cost, ann, bb)
@@ -117,6 +120,11 @@ def _darker(color: str | None, f: float = 0.65) -> str:
     if color is None:
         return "0.15"
     return mcolors.to_hex(tuple(f * v for v in mcolors.to_rgb(color)))
+
+
+def _distance(b: Bbox, p) -> float:
+    """Display distance from point p to the box b (0 inside it)."""
+    return float(np.hypot(max(b.x0 - p[0], 0.0, p[0] - b.x1), max(b.y0 - p[1], 0.0, p[1] - b.y1)))
 
 
 def _overlap(b: Bbox, others: Sequence[Bbox]) -> float:
