@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.device import default_dtype, resolve_device
+from ..core.fused import fused_scores, resolve_backend
 from ..core.metrics import gini, infonce_loss, retrieval_metrics
 from ..core.pooling import Pooling, parse_pooling
 from ..core.scoring import score_matrix
@@ -36,16 +37,22 @@ from ..worlds.synthetic import SyntheticData
 # Stacked scoring
 
 
-def stacked_scores(Q: Tensor, D: Tensor, pooling: str | Pooling, chunk_size: int | None = None) -> Tensor:
+def stacked_scores(
+    Q: Tensor, D: Tensor, pooling: str | Pooling, chunk_size: int | None = None, backend: str = "auto"
+) -> Tensor:
     """Late-interaction scores of R runs at once: Q [R, Nq, T, d], D [R, Nd, M, d] -> [R, Nq, Nd].
 
-    Run r is ``score_matrix(Q[r], D[r], pooling, chunk_size=chunk_size)``: its cache-sized chunks and
-    sparse / closed-form gradients make a loop over runs faster than one stacked block (``make bench``).
+    On the torch path run r is ``score_matrix(Q[r], D[r], pooling, chunk_size=chunk_size)``: its cache-sized
+    chunks and sparse / closed-form gradients make a loop over runs faster than one stacked block (``make
+    bench``). The fused path (``backend``, as in ``score_matrix``) scores every run in one launch.
     """
     p = parse_pooling(pooling)
     if Q.ndim != 4 or D.ndim != 4 or Q.shape[0] != D.shape[0] or Q.shape[-1] != D.shape[-1]:
         raise ValueError(f"need Q [R, Nq, T, d] and D [R, Nd, M, d], got {tuple(Q.shape)} and {tuple(D.shape)}")
-    return torch.stack([score_matrix(Q[r], D[r], p, chunk_size=chunk_size) for r in range(Q.shape[0])])
+    if resolve_backend(backend, p, Q, D) == "triton":
+        return fused_scores(Q, D, p)
+    return torch.stack([score_matrix(Q[r], D[r], p, chunk_size=chunk_size, backend="torch")
+                        for r in range(Q.shape[0])])
 
 
 def stacked_infonce(Z: Tensor) -> Tensor:
