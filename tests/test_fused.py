@@ -57,3 +57,26 @@ def test_cpu_scoring_and_training_never_import_triton():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={"PYTHONPATH": ":".join(sys.path), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_graphed_step_bookkeeping_reproduces_eager_steps():
+    """Warm-up steps undone in place, static batch buffer, capturable state: everything of ``GraphedStep`` but
+    the capture itself (CUDA only) gives the eager steps' losses and weights."""
+    from spikehijack.runner.train import GraphedStep, eager_step, graph_reason
+    from spikehijack.worlds.model import StackedEncoder
+
+    g = torch.Generator().manual_seed(0)
+    Xq, Xp = torch.randn(2, 24, 4, 16, generator=g), torch.randn(2, 24, 6, 16, generator=g)
+    batches = [torch.stack([torch.randperm(24, generator=g)[:8] for _ in range(2)]) for _ in range(4)]
+    groups = {"maxsim": torch.tensor([0]), "softmax:1": torch.tensor([1])}
+    out = []
+    for graphed in (False, True):
+        enc = StackedEncoder([3, 4])
+        opt = torch.optim.Adam(enc.parameters(), lr=1e-2)
+        step = GraphedStep(enc, opt, Xq, Xp, batches[0], groups, capture=False) if graphed else None
+        losses = [(step(b) if step else eager_step(enc, opt, Xq, Xp, b, groups)).clone() for b in batches]
+        out.append((torch.stack(losses), [p.detach().clone() for p in enc.parameters()]))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-6, atol=1e-7)
+    for a, b in zip(out[1][1], out[0][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert graph_reason(["maxsim"], torch.device("cpu"), torch.float32) == "device cpu (CUDA graphs need CUDA)"

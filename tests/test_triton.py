@@ -153,3 +153,17 @@ def test_kernels_compile_for_hopper_without_a_gpu(dtype):
     env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, str(script), dtype], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU (the bookkeeping is tested on CPU in test_fused.py)")
+def test_graphed_training_agrees_with_eager_training_on_cuda():
+    from spikehijack.runner.train import TrainConfig, train_stack
+    from spikehijack.worlds.synthetic import SyntheticConfig, generate
+
+    worlds = [generate(SyntheticConfig(length=32, n_train=256, n_eval=64, seed=s)) for s in (0, 1, 0)]
+    tcfg = TrainConfig(epochs=3, eval_every=3, gini_pairs=64)
+    tables = [train_stack(worlds, ["maxsim", "topk:4", "softmax:1"], [0, 1, 2], tcfg, "cuda", False, graph)[0]
+              for graph in (False, True)]
+    eager, graphed = (t.set_index(["seed", "pooling", "epoch", "metric"]).value for t in tables)
+    loss = eager.index.get_level_values("metric") == "loss"
+    assert float((eager[loss] - graphed[loss]).abs().max()) <= 1e-4
