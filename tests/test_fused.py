@@ -26,7 +26,8 @@ def test_every_fusable_pooling_has_its_form():
     assert set(FUSABLE) == {MaxSim, TopK, Softmax}
 
 
-def test_auto_is_the_torch_path_on_cpu_and_bad_backends_are_named():
+def test_auto_is_the_torch_path_on_cpu_and_bad_backends_are_named(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # test_triton.py sets it where Triton is installed
     Q, D = torch.randn(2, 3, 16), torch.randn(4, 5, 16)
     assert resolve_backend("auto", "maxsim", Q, D) == "torch"
     with pytest.raises(ValueError, match="backend must be one of auto, torch, triton, got 'cuda'"):
