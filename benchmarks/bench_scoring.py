@@ -353,7 +353,7 @@ def grid_agreement(runs: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=[*key, "here", "committed", "abs_diff", "limit", "passed"])
     here = pd.concat([final_means(g) for _, g in full.groupby("length")])
     ref = final_means(committed)
-    out = pd.DataFrame({"here": here, "committed": ref.reindex(here.index)}).reset_index()
+    out = pd.DataFrame({"here": here, "committed": ref.reindex(here.index)}).dropna().reset_index()
     out["abs_diff"] = (out.here - out.committed).abs()
     out["limit"] = out.metric.map(AGREEMENT)
     out["passed"] = out.abs_diff <= out.limit

@@ -16,6 +16,7 @@ pair's own loss term) and ``infonce`` (the whole batch loss), each as mean and q
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -158,17 +159,17 @@ def batch_loss(enc: StackedEncoder, Xq: Tensor, Xp: Tensor, b: Tensor, groups: d
                                                                                                           Tensor]:
     """(sum of the runs' InfoNCE losses, each run's loss [R] detached) of the batch b [R, B] (indices into the
     training pairs Xq [R, N, T, in], Xp [R, N, M, in]); ``groups``: pooling spec -> run indices (a tensor)."""
-    R = b.shape[0]
-    ridx = torch.arange(R, device=b.device)[:, None]
+    ridx = torch.arange(b.shape[0], device=b.device)[:, None]
     Q, D = enc(Xq[ridx, b]), enc(Xp[ridx, b])  # [R, B, T, d], [R, B, M, d]
-    per = Q.new_zeros(R)
+    per = []
     total = Q.new_zeros(())
     for spec, idx in groups.items():
         Z = stacked_scores(Q[idx], D[idx], spec)
         per_run = torch.stack([infonce_loss(Z[j]) for j in range(len(idx))])
-        per[idx] = per_run.detach()
+        per.append(per_run.detach())
         total = total + per_run.sum()
-    return total, per
+    order = torch.argsort(torch.cat(list(groups.values())))  # run r's place among the groups (no sync, no scatter)
+    return total, torch.cat(per)[order]
 
 
 def eager_step(enc: StackedEncoder, opt: torch.optim.Optimizer, Xq: Tensor, Xp: Tensor, b: Tensor,
@@ -198,21 +199,23 @@ class GraphedStep:
         self.opt, self.graph, self.losses = opt, None, None
         saved = [p.detach().clone() for p in enc.parameters()]
         stream = torch.cuda.Stream(b.device) if capture else None
-        if stream is not None:
-            stream.wait_stream(torch.cuda.current_stream(b.device))
-        with torch.cuda.stream(stream) if stream is not None else nullcontext():
-            for _ in range(warmup):
-                eager_step(enc, opt, Xq, Xp, self.b, groups)
-        if stream is not None:
-            torch.cuda.current_stream(b.device).wait_stream(stream)
-        with torch.no_grad():
-            for p, v in zip(enc.parameters(), saved, strict=True):
-                p.copy_(v)
-            for state in opt.state.values():
-                for t in state.values():
-                    if isinstance(t, Tensor):
-                        t.zero_()  # exp_avg, exp_avg_sq, step: as before the first step
-        opt.zero_grad(set_to_none=True)
+        try:
+            if stream is not None:
+                stream.wait_stream(torch.cuda.current_stream(b.device))
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                for _ in range(warmup):
+                    eager_step(enc, opt, Xq, Xp, self.b, groups)
+        finally:  # undone even when a warm-up step fails: the caller may go on eagerly
+            if stream is not None:
+                torch.cuda.current_stream(b.device).wait_stream(stream)
+            with torch.no_grad():
+                for p, v in zip(enc.parameters(), saved, strict=True):
+                    p.copy_(v)
+                for state in opt.state.values():
+                    for t in state.values():
+                        if isinstance(t, Tensor):
+                            t.zero_()  # exp_avg, exp_avg_sq, step: as before the first step
+            opt.zero_grad(set_to_none=True)
         if capture:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
@@ -324,7 +327,12 @@ def _train_stack(
         for s in range(steps):
             b = perm[:, s * B : (s + 1) * B]
             if graph and step is None:
-                step = GraphedStep(enc, opt, Xq, Xp, b, groups)
+                try:
+                    step = GraphedStep(enc, opt, Xq, Xp, b, groups)
+                except RuntimeError as exc:  # capture refused (driver, allocator): the same steps, eagerly
+                    warnings.warn(f"training eagerly: the step could not be captured as a CUDA graph ({exc})",
+                                  stacklevel=2)
+                    graph = False
             epoch_loss += step(b) if step is not None else eager_step(enc, opt, Xq, Xp, b, groups)
         if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
             record(epoch, (epoch_loss / steps).cpu())
