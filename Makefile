@@ -39,14 +39,17 @@ reproduce: venv
 	$(STRIP) $(NOTEBOOKS)
 	$(PY) scripts/update_readme_results.py --sync
 
-## The paper profile: executed copies under reports/paper/ (long; the notebooks themselves stay quick).
+## The paper profile: executed copies under reports/paper/ (long; the notebooks themselves stay quick). Notebooks
+## with a device parameter get device=auto (the GPU when there is one); each notebook's wall time is printed.
 paper: venv
 	@mkdir -p reports/paper
-	@for nb in $(PAPER_NOTEBOOKS); do \
-		echo "== $$nb (profile=paper)"; \
-		$(PY) -m papermill --cwd notebooks -k python3 --no-progress-bar -p profile paper \
+	@total=$$(date +%s); for nb in $(PAPER_NOTEBOOKS); do \
+		dev=; grep -q '"device = ' $$nb && dev="-p device auto"; \
+		echo "== $$nb (profile=paper $$dev)"; start=$$(date +%s); \
+		$(PY) -m papermill --cwd notebooks -k python3 --no-progress-bar -p profile paper $$dev \
 			$$nb reports/paper/$$(basename $$nb) || exit 1; \
-	done
+		echo "   $$(basename $$nb): $$(( $$(date +%s) - start )) s"; \
+	done; echo "== make paper: $$(( $$(date +%s) - total )) s"
 	$(STRIP) reports/paper/*.ipynb
 
 lint: venv

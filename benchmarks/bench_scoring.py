@@ -2,15 +2,19 @@
 
 Sections, all float32 on identical inputs within one run:
   corpus  one query and a batch of 64 queries against (T, N, M, d) corpora; median and min over >= 7 timed runs
-          after a warm-up, with ratios to maxsim-cpu and to the bare matmul (lower = faster)
+          after a warm-up, with ratios to maxsim-cpu and to the bare matmul (lower = faster), the similarity
+          GEMM's flop count and the rate it implies
   memory  peak extra RSS of ``score_matrix`` with and without ``chunk_size`` (a fresh subprocess per row)
   train   steps/s of one synthetic InfoNCE training step (B=64, T=16, d=16), forward plus backward
   select  Top-k inside one cache-sized block: kernels.top_k_mean (passes of amax) against torch.topk
   poolings  every pooling, robust ones included, on the three paths scoring takes: score_matrix without and
           with a gradient, score_with_injection (``pooling_rows`` times any spec or Pooling object)
-  grid    the paper-profile synthetic grid: steps/s and evaluation seconds of one 5-seed stack per pooling
-          and length, and the wall time they add up to (100 epochs x 32 steps, 21 evaluations per run)
-  cuda    the corpus section on the GPU in float32 and bf16 (only when CUDA is available)
+  grid    the paper-profile main grid (3 poolings x 4 lengths x 5 seeds, one stack per length) trained on the
+          device the bench runs on (``--device``), timed per stack; ``--grid-epochs`` runs fewer epochs and
+          extrapolates to 100, ``--grid-budget`` shortens the stacks that would not fit in that many seconds
+  cuda    the corpus section on the GPU in float32 and bf16 (only when CUDA is available): our torch path
+          ("ours"), the fused Triton kernels ("fused", core.fused, where Triton imports) and the floors; then
+          the issue's GPU targets, one row each (cuda_targets.csv)
 Tables are printed and written to build/bench/*.csv. ``--quick`` is a smoke run (< 30 s).
 """
 
@@ -32,6 +36,8 @@ import pandas as pd
 import torch
 
 from spikehijack import io
+from spikehijack.core.device import resolve_device
+from spikehijack.core.fused import resolve_backend
 from spikehijack.core.inject import score_with_injection, spike_patches
 from spikehijack.core.kernels import block_budget, top_k_mean
 from spikehijack.core.pooling import Pooling, parse_pooling
@@ -86,6 +92,7 @@ def peer_scores(peer: Callable, Q: np.ndarray, D: np.ndarray) -> np.ndarray:
 
 def corpus_rows(corpora, batches, runs: int, device: str = "cpu", dtype=torch.float32) -> list[dict]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fused_ok = device == "cuda" and resolve_backend("auto", "maxsim", torch.zeros(1, 1, 16, device=device)) == "triton"
     peer = None
     if device == "cpu":
         import maxsim_cpu  # bench extra: pip install -e .[bench]
@@ -97,8 +104,13 @@ def corpus_rows(corpora, batches, runs: int, device: str = "cpu", dtype=torch.fl
         for Nq in batches:
             Q = unit_vectors((Nq, T, d), seed=2, device=device).to(dtype)
             contenders: dict[str, Callable[[], object]] = {
-                f"ours {spec}": partial(score_matrix, Q, D, spec) for spec in POOLINGS
+                f"ours {spec}": partial(score_matrix, Q, D, spec, backend="torch") for spec in POOLINGS
             }
+            if device == "cuda" and fused_ok:
+                for spec in POOLINGS:
+                    contenders[f"fused {spec}"] = partial(score_matrix, Q, D, spec, backend="triton")
+                    gap = float((contenders[f"fused {spec}"]() - contenders[f"ours {spec}"]()).abs().max())
+                    assert gap <= 2e-2 * T, f"fused {spec} differs from our torch path by {gap:.2e}"
             contenders["bare matmul"] = partial(bare_matmul, Q, D)
             contenders["einsum+amax"] = partial(einsum_amax, Q, D)
             if peer is not None:
@@ -108,8 +120,10 @@ def corpus_rows(corpora, batches, runs: int, device: str = "cpu", dtype=torch.fl
             for name, fn in contenders.items():
                 with torch.no_grad():
                     med, best = timed(fn, runs, sync)
+                gflop = 2 * Nq * T * N * M * d / 1e9  # the similarity GEMM, the floor's work
                 rows.append(dict(device=device, dtype=str(dtype).removeprefix("torch."), T=T, N=N, M=M, d=d,
-                                 Nq=Nq, contender=name, median_ms=1e3 * med, min_ms=1e3 * best,
+                                 Nq=Nq, contender=name, median_ms=1e3 * med, min_ms=1e3 * best, gflop=gflop,
+                                 tflop_per_s=gflop / med / 1e3,
                                  load_1min=os.getloadavg()[0]))  # > threads: other processes contend
                 print(f"  {device} T={T} N={N} M={M} Nq={Nq} {name}: {1e3 * med:.1f} ms", flush=True)
     df = pd.DataFrame(rows)
@@ -254,51 +268,96 @@ def pooling_rows(
     return pd.DataFrame(rows)
 
 
-def steps_per_second(length: int = 64, runs: int = 5, pooling: str = "maxsim", seconds: float = 3.0) -> float:
-    """Measured training steps per second of one stack of ``runs`` runs (B = 64) at ``length``."""
-    from spikehijack.runner.train import stacked_infonce, stacked_scores
-    from spikehijack.worlds.model import StackedEncoder
-    from spikehijack.worlds.synthetic import SyntheticConfig, generate
-
-    world = generate(SyntheticConfig(length=length, n_train=256, n_eval=64))
-    enc = StackedEncoder(list(range(runs)))
-    opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
-    xq = world.train.queries[:64].expand(runs, -1, -1, -1)
-    xd = world.train.positives[:64].expand(runs, -1, -1, -1)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n == 0:
-        loss = stacked_infonce(stacked_scores(enc(xq), enc(xd), pooling))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        n += 1
-    return n / (time.perf_counter() - t0)
+def _evaluations(epochs: int, every: int) -> int:
+    """Evaluations of a training run (``train_stack`` records epoch 0, every ``every`` epochs and the last)."""
+    return 1 + len({e for e in range(1, epochs + 1) if e % every == 0 or e == epochs})
 
 
-def grid_rows(lengths=(32, 64, 128, 256), seconds: float = 3.0) -> pd.DataFrame:
-    """One 5-seed stack per pooling and length of the paper-profile synthetic grid: training steps/s and the
-    seconds of one evaluation (512 queries against 1,024 documents), then the grid's wall time from them."""
+def grid_rows(lengths=(32, 64, 128, 256), epochs: int = 100, device: str = "cpu",
+              budget_s: float | None = None) -> pd.DataFrame:
+    """The paper-profile main grid trained for real on ``device``: one stack (3 poolings x 5 seeds) per length,
+    ``epochs`` epochs each (the profile's 100 by default), timed. A stack that would not fit in what is left of
+    ``budget_s`` (projected from the previous stack) runs fewer epochs. ``seconds_full`` is the stack at the
+    profile's epochs: measured when it ran them, else the run's time plus the missing epochs and evaluations,
+    priced by one more evaluation timed on the trained stack (``eval_s``) and the rest of the time per epoch."""
+    from spikehijack import profiles
     from spikehijack.runner import train
-    from spikehijack.worlds.synthetic import generate
+    from spikehijack.runner.groups import grid_configs, group, world_of
 
-    tcfg = train.TrainConfig()
-    epochs, evals = tcfg.epochs, tcfg.epochs // tcfg.eval_every + 1
-    out = []
-    for M in lengths:
-        world = generate(train.calibrated_world().with_(length=M))
-        steps = world.config.n_train // tcfg.batch_size
-        q, docs = world.eval.queries.expand(5, -1, -1, -1), world.eval.corpus()[0].expand(5, -1, -1, -1)
-        gold = world.eval.corpus()[1]
-        for spec in train.POOLINGS_MAIN:
-            sps = steps_per_second(M, 5, spec, seconds)
-            enc = train.StackedEncoder(list(range(5)))
-            ev, _ = timed(partial(train.evaluate_stack, enc, q, docs, gold, [spec] * 5), 1)
-            out.append(dict(M=M, pooling=spec, runs=5, steps_per_s=sps, eval_s=ev,
-                            stack_minutes=(epochs * steps / sps + evals * ev) / 60))
+    grid = profiles.get("paper").synthetic.grid
+    full, every = grid.train.epochs, grid.train.eval_every
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    out, tables, spent = [], [], 0.0
+    for n, cfg in enumerate(grid_configs(grid, lengths)):
+        run_epochs = epochs
+        if budget_s is not None and out:
+            per_epoch = out[-1]["seconds_full"] / full
+            run_epochs = max(2, min(epochs, int((budget_s - spent) / (per_epoch * (len(lengths) - n)))))
+        g = group({**cfg, "epochs": run_epochs})
+        worlds = {s: world_of(cfg, s) for s in g.seeds}
+        pairs = g.runs
+        sync()
+        t0 = time.perf_counter()
+        table, enc = train.train_stack([worlds[s] for _, s in pairs], [p for p, _ in pairs], [s for _, s in pairs],
+                                       g.train, device, progress=False)
+        sync()
+        seconds = time.perf_counter() - t0
+        tables.append(table.assign(length=cfg["length"], epochs=run_epochs))
+        row = dict(device=device, M=cfg["length"], runs=len(pairs), epochs=run_epochs, seconds=seconds,
+                   eval_s=float("nan"), seconds_full=seconds, estimated=run_epochs != full)
+        if run_epochs != full:
+            w, dev = worlds[g.seeds[0]], enc.weights[0].device
+            stack = [worlds[s] for _, s in pairs]
+            eq, ed = (torch.stack(x).to(dev) for x in ([v.eval.queries for v in stack],
+                                                         [v.eval.corpus()[0] for v in stack]))
+            xq, xp = (torch.stack(x)[:, : g.train.gini_pairs].to(dev) for x in (
+                [v.train.queries for v in stack], [v.train.positives for v in stack]))
+            t1 = time.perf_counter()
+            train.evaluate_stack(enc, eq.to(enc.weights[0].dtype), ed.to(enc.weights[0].dtype), w.eval.corpus()[1],
+                                 [p for p, _ in pairs])
+            train.gini_stack(enc, xq.to(enc.weights[0].dtype), xp.to(enc.weights[0].dtype), [p for p, _ in pairs],
+                             g.train.batch_size)
+            sync()
+            row["eval_s"] = ev = time.perf_counter() - t1
+            n_run, n_full = _evaluations(run_epochs, every), _evaluations(full, every)
+            per_epoch = max(0.0, seconds - n_run * ev) / run_epochs
+            row["seconds_full"] = n_full * ev + full * per_epoch
+        spent += seconds
+        out.append(row)
+        print(f"  grid M={cfg['length']}: {seconds:.1f} s for {run_epochs} epochs "
+              f"({row['seconds_full']:.1f} s for {full})", flush=True)
     df = pd.DataFrame(out)
-    print(f"  paper grid (3 poolings x 4 lengths x 5 seeds): {df.stack_minutes.sum():.0f} min of training and "
-          "evaluation (gradient-Gini instrumentation not included)")
-    return df
+    print(f"  paper main grid on {device}: {df.seconds_full.sum():.0f} s for {full} epochs"
+          f"{' (partly estimated from fewer epochs)' if df.estimated.any() else ''}")
+    return df, pd.concat(tables, ignore_index=True)
+
+
+#: The committed paper-profile grid (CPU, float32) that a rerun elsewhere is compared with.
+PAPER_GRID = io.REPO_ROOT / "reports" / "paper" / "tables" / "synthetic_training_lengths.csv"
+#: How far a stack's seed-mean may move on another device: trained float32 runs diverge (their numbers are
+#: statistical, not bit-stable); 5 seeds of Recall@1 on 512 queries have a standard error near 0.01.
+AGREEMENT = {"recall@1": 0.03, "gini_pair_mean": 0.01, "gini_infonce_mean": 0.01}
+
+
+def grid_agreement(runs: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
+    """Final-epoch seed means per (length, pooling) of a grid rerun (full-epoch stacks only) against the
+    committed table: one row per length, pooling and metric with both means and |difference|."""
+    key = ["length", "pooling", "metric"]
+
+    def final_means(df: pd.DataFrame) -> pd.Series:
+        df = df[df.metric.isin(list(AGREEMENT)) & (df.epoch == df.epoch.max())]
+        return df.groupby(key).value.mean()
+
+    full = runs[runs.epochs == committed.epoch.max()]
+    if full.empty:
+        return pd.DataFrame(columns=[*key, "here", "committed", "abs_diff", "limit", "passed"])
+    here = pd.concat([final_means(g) for _, g in full.groupby("length")])
+    ref = final_means(committed)
+    out = pd.DataFrame({"here": here, "committed": ref.reindex(here.index)}).dropna().reset_index()
+    out["abs_diff"] = (out.here - out.committed).abs()
+    out["limit"] = out.metric.map(AGREEMENT)
+    out["passed"] = out.abs_diff <= out.limit
+    return out
 
 
 def targets(df: pd.DataFrame) -> pd.DataFrame:
@@ -316,6 +375,34 @@ def targets(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def cuda_targets(df: pd.DataFrame) -> pd.DataFrame:
+    """The issue's GPU targets, one row each: target, shape, measured ratio or seconds, limit, pass."""
+    t = df[df.device == "cuda"].set_index(["dtype", "T", "N", "M", "d", "Nq", "contender"]).median_ms
+    rows = []
+
+    def add(target: str, shape: str, measured: float, limit: float, at_most: bool = True) -> None:
+        ok = measured <= limit if at_most else measured >= limit
+        rows.append(dict(target=target, shape=shape, measured=round(measured, 3),
+                         limit=("<= " if at_most else ">= ") + f"{limit:g}", passed=bool(ok)))
+
+    for (dtype, T, N, M, d, Nq), g in t.groupby(level=[0, 1, 2, 3, 4, 5]):
+        g = g.droplevel([0, 1, 2, 3, 4, 5])
+        if "fused maxsim" not in g:
+            continue
+        shape = f"{dtype} T={T} N={N} M={M} d={d} Nq={Nq}"
+        if Nq > 1:
+            add("fused MaxSim / bare matmul", shape, g["fused maxsim"] / g["bare matmul"], 1.2)
+        else:
+            add("fused MaxSim / einsum+amax", shape, g["fused maxsim"] / g["einsum+amax"], 1.0)
+        for spec in POOLINGS[1:]:
+            add(f"fused {spec} / fused MaxSim", shape, g[f"fused {spec}"] / g["fused maxsim"], 1.5)
+        if dtype == "bfloat16" and Nq > 1 and ("float32", T, N, M, d, Nq, "fused maxsim") in t.index:
+            for spec in POOLINGS:
+                fp32 = t[("float32", T, N, M, d, Nq, f"fused {spec}")]
+                add(f"fused {spec}: float32 / bfloat16 time", shape, fp32 / g[f"fused {spec}"], 1.5, at_most=False)
+    return pd.DataFrame(rows)
+
+
 def show(title: str, df: pd.DataFrame, path) -> None:
     io.write_csv(df, path)
     print(f"\n== {title} ({path})")
@@ -330,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", default="corpus,memory,train,select,poolings,grid,cuda")
     ap.add_argument("--batches", default=None, help="query batch sizes, comma-separated (default 1,64; quick 1,8)")
     ap.add_argument("--out", default=str(OUT), help="folder for the CSV tables (default build/bench)")
+    ap.add_argument("--device", default="auto", help="device of the grid section (auto: cuda when available)")
+    ap.add_argument("--grid-epochs", type=int, default=None, help="epochs per grid stack (default 100; quick 2)")
+    ap.add_argument("--grid-lengths", default=None, help="grid lengths, comma-separated (default 32,64,128,256)")
+    ap.add_argument("--grid-budget", type=float, default=None, help="seconds the grid may take (then scaled)")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("RAYON_NUM_THREADS", str(args.threads))  # maxsim-cpu's thread pool, read on import
@@ -363,11 +454,21 @@ def main(argv: list[str] | None = None) -> int:
         show("poolings: every pooling on score_matrix (score, train = forward + backward) and score_with_injection",
              pooling_rows(POOLINGS + ["mean"] + robust_poolings(), runs=runs, **size), out / "poolings.csv")
     if "grid" in sections:
-        show("grid: one 5-seed stack of the paper-profile synthetic grid (B = 64, 2,048 pairs, 512 queries)",
-             grid_rows((32,) if args.quick else (32, 64, 128, 256), 0.5 if args.quick else 3.0), out / "grid.csv")
+        device = str(resolve_device(args.device))
+        lengths = [int(x) for x in args.grid_lengths.split(",")] if args.grid_lengths else (
+            [32] if args.quick else [32, 64, 128, 256])
+        grid, runs = grid_rows(lengths, args.grid_epochs or (2 if args.quick else 100), device, args.grid_budget)
+        show(f"grid: the paper-profile main grid on {device}, one stack of 3 poolings x 5 seeds per length", grid,
+             out / "grid.csv")
+        io.write_csv(runs, out / "grid_runs.csv")
+        if PAPER_GRID.exists():
+            show("grid agreement: final-epoch seed means here vs the committed paper profile (full-epoch stacks)",
+                 grid_agreement(runs, pd.read_csv(PAPER_GRID)), out / "grid_agreement.csv")
     if "cuda" in sections and torch.cuda.is_available():
         df = pd.concat([corpus_rows(corpora, batches, runs, "cuda", dt) for dt in (torch.float32, torch.bfloat16)])
-        show("cuda: time per call", df, out / "cuda.csv")
+        show("cuda: time per call (x_matmul = time / bare matmul)", df, out / "cuda.csv")
+        show("cuda targets (the grid's are in grid.csv and grid_agreement.csv)", cuda_targets(df),
+             out / "cuda_targets.csv")
     return 0
 
 

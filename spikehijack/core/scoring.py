@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_mask, check_tensor
+from .fused import fused_scores, resolve_backend
 from .kernels import (
     block_size,
     document_blocks,
@@ -109,16 +110,22 @@ def score_matrix(
     q_mask: Tensor | None = None,
     d_mask: Tensor | None = None,
     chunk_size: int | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Every query against every document: Q [Nq, T, d], D [Nd, M, d] -> scores [Nq, Nd].
 
     Documents are scored ``chunk_size`` at a time, so the similarity block held in memory is
     [chunk_size, Nq * T, M] rather than [Nd, Nq * T, M]; None picks a cache-sized chunk
     (``kernels.block_size``). Each block is pooled by the pooling's own kernel (``Pooling.block``).
-    Differentiable (used for InfoNCE).
+    Differentiable (used for InfoNCE). ``backend`` ("auto", "torch", "triton"; ``fused.resolve_backend``): "auto"
+    scores MaxSim, Top-k and softmax on CUDA with the fused kernels of ``core.fused`` (one pass, no block in
+    memory, ``chunk_size`` unused) when Triton is installed, and everything else by the blocks above.
     """
     p = parse_pooling(pooling)
     check_queries_documents(Q, D, q_mask, d_mask)
+    if resolve_backend(backend, p, Q, D) == "triton":
+        masks = [None if m is None else m.unsqueeze(0) for m in (q_mask, d_mask)]
+        return fused_scores(Q.unsqueeze(0), D.unsqueeze(0), p, *masks)[0]
     Nq, T, _ = Q.shape
     Nd, M, _ = D.shape
     grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
