@@ -104,6 +104,11 @@ class Real:
     ks: tuple[int, ...]  # injected patches per non-gold document
     factors: tuple[int, ...]  # neutral padding factors
     taus: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # softmax temperatures swept
+    # section 8, the token view of HPO-Dx (ch04.second_view): ~6x the patches of the phrase view per disease
+    token_queries: int = 64
+    token_distractors: int | None = 160
+    token_ks: tuple[int, ...] = (0, 100)
+    token_taus: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,8 @@ def _paper() -> Profile:
                                     "softmax:0.1", "softmax:0.3")),
             n_cross=512, n_inject=512),
         real=Real(n_queries=160, n_distractors=4000, syn_distractors=2000, n_train=3000, steps=600, batch=64,
-                  views=4, query_seeds=(0, 1, 2), ks=(0, 25, 50, 100, 200, 400), factors=(1, 2, 4, 8)),
+                  views=4, query_seeds=(0, 1, 2), ks=(0, 25, 50, 100, 200, 400), factors=(1, 2, 4, 8),
+                  token_queries=160, token_distractors=2000, token_ks=(0, 25, 100, 400)),
         beyond=Beyond(n_queries=None, K=100, lengths=(32, 64, 128, 256), gini_pairs=256,
                       frontier=FRONTIER_SYNTHETIC, length_poolings=FRONTIER_SYNTHETIC),
         beyond_real=BeyondReal(n_queries=160, n_distractors=2000, seeds=(0, 1, 2, 3, 4), steps=300, n_train=None,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spikehijack.chapters import ch04_real as real
+from spikehijack.chapters import ch04_views as views
 from spikehijack.worlds import colqwen, tasks
 
 IMAGE_TOKEN = 7
@@ -109,6 +110,17 @@ def test_beir_loader_embed_and_task(enc, tmp_path):
     after = tasks.injection_scores(task, "maxsim", torch.nn.functional.normalize(spikes, dim=-1))
     clean = tasks.score_ragged(task.queries, task.documents, "maxsim")
     torch.testing.assert_close(after[R], clean[R])  # every relevant page untouched
+
+
+def test_notebook04_vidore_switch(enc, tmp_path):
+    """Notebook 04 section 8 with view="vidore-biomed": the cached ColQwen embeddings run the whole protocol."""
+    data = colqwen.load_beir(language="english", load_dataset=fake_load_dataset)
+    path = colqwen.embed_beir(enc, data, tmp_path / "emb.npz")
+    task, val = views.second_view("vidore-biomed", embeddings=path)
+    assert val is None and task.name == "vidore-biomed"
+    world, _ = views.VIEWS["vidore-biomed"]
+    ev = views.view_evidence(task, 0.1, Ks=[0, 2], factors=[1, 2], K=2, spike_size=2, world=world)
+    assert set(ev.claims["world"]) == {"real ViDoRe"} and len(ev.injection) > 0
 
 
 def test_cli_registered():

@@ -116,3 +116,29 @@ def test_embedding_cache_stale_or_inconsistent_is_rebuilt(tmp_path):
     encoders.write_npz(c.path, **{**z, "offsets": np.array([0, 1, 5])})
     d = EmbeddingCache(tmp_path, "t", {"model": "m"})
     assert d.status == "corrupt" and d.missing(["x"]) == ["x"]
+
+
+def test_embedding_cache_two_writers_merge(tmp_path):
+    """Two cache objects of one key (e.g. MiniLMTokens and MiniLMPhraseTokens) never drop each other's texts."""
+    a, b = EmbeddingCache(tmp_path, "t", {"model": "m"}), EmbeddingCache(tmp_path, "t", {"model": "m"})
+    a.add(["x"], [np.ones((1, 3))])
+    a.save()
+    b.add(["y"], [np.zeros((2, 3))])
+    b.save()
+    c = EmbeddingCache(tmp_path, "t", {"model": "m"})
+    assert c.status == "loaded" and c.missing(["x", "y"]) == []
+
+
+def test_phrase_tokens_are_each_phrase_tokens_concatenated(token_enc, tmp_path):
+    from spikehijack.worlds.encoders import MiniLMPhraseTokens
+
+    pt = MiniLMPhraseTokens(cache_dir=tmp_path, release="test")
+    items = [["Seizure", "Short stature"], ["Seizure"]]
+    docs = pt.encode_documents(items)
+    sizes = pt.phrase_sizes(items)
+    for item, doc, size in zip(items, docs, sizes, strict=True):
+        parts = token_enc.encode_texts(item)
+        assert size == [len(p) for p in parts] and doc.shape == (sum(size), 384)
+        torch.testing.assert_close(doc, torch.cat(parts), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"documents\[0\]"):
+        pt.encode_documents(["not a list"])

@@ -314,3 +314,17 @@ def test_paper_values_are_drawn_from_their_one_home():
     claims02 = _quick("claims_02.csv")
     assert set(claims02.loc[claims02["link"].str.startswith("level"), "paper"]) == {
         f"~{v}" for v in ch02.PAPER_GINI.values()}
+
+
+def test_length_sweep_lines_match_the_table_with_wilson_bands():
+    sweep = _quick("real_length_sweep_04.csv")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    plots.plot_length_sweep(ax, sweep, n_queries=160)
+    plots.check_figure(fig)
+    r1 = sweep[sweep.metric == "recall@1"].pivot_table(index="factor", columns="pooling", values="value")
+    for line in ax.get_lines():
+        np.testing.assert_allclose(line.get_ydata(), r1.loc[list(line.get_xdata()), line.get_label()].to_numpy())
+    for band in ax.collections:  # one Wilson band per pooling, inside [0, 1]
+        ys = np.concatenate([p.vertices[:, 1] for p in band.get_paths()])
+        assert ys.min() >= 0 and ys.max() <= 1
+    assert len(ax.collections) == r1.shape[1]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from spikehijack.chapters import ch04_real as real
+from spikehijack.chapters import ch04_views as views
 from spikehijack.core import inject
 from spikehijack.core.metrics import gini
 from spikehijack.core.scoring import pad, score_matrix
@@ -184,3 +185,51 @@ def test_length_bins():
     assert real.length_bins(np.array([1, 8, 15, 64, 200])) == ["1-7", "8-15", "8-15", ">=64", ">=64"]
     with pytest.raises(ValueError, match="outside"):
         real.length_bins(np.array([0]))
+
+
+class HashTokens(HashPhrases):
+    """A token view stand-in: a phrase -> one fixed vector per word (its ``phrase_sizes``), concatenated."""
+
+    def _tokens(self, phrase: str) -> torch.Tensor:
+        return torch.stack([self._vec(f"{phrase}#{i}") for i in range(len(phrase.split()))])
+
+    def encode_queries(self, items):
+        return [torch.cat([self._tokens(p) for p in item]) for item in items]
+
+    encode_documents = encode_queries
+
+    def phrase_sizes(self, items):
+        return [[len(p.split()) for p in item] for item in items]
+
+
+def test_token_view_neutral_pool_excludes_query_and_gold_phrases(H):
+    enc = HashTokens()
+    task = tasks.build_hpo_dx(H, enc, n_queries=1, n_distractors=None, n_gold=1, n_noise=0, seed=0)
+    assert task.name == "hpo-dx-tokens"
+    assert [len(d) for d in task.documents] == [sum(s) for s in task.meta["phrase_sizes"]]
+    banned = {p for j in task.gold.tolist() for p in task.doc_text[j]} | set(task.query_text[0])
+    allowed = {p for t in task.doc_text for p in t} - banned
+    pool = tasks.neutral_pool(task)
+    want = torch.cat([enc._tokens(p) for p in sorted(allowed)]) if allowed else torch.zeros(0, enc.dim)
+    assert len(pool) == len(want)  # every token of every neutral phrase, once
+    for v in pool:
+        assert bool(((want - v).abs().sum(1) < 1e-6).any())
+
+
+def test_view_evidence_and_compare_views():
+    task = random_task(nq=12, nd=30, d=8, seed=7)
+    ev = views.view_evidence(task, 0.1, Ks=[0, 5], factors=[1, 2], K=5, spike_size=2, world="real tokens")
+    assert set(ev.claims["world"]) == {"real tokens"} and set(ev.claims["claim"]) >= {"1", "4", "5", "6", "7", "8"}
+    assert set(ev.injection.spec) == {"maxsim", "topk:4", "softmax:0.1", "topk:1", "topk:16"}
+    other = ev.claims.assign(world="real", link=ev.claims["link"].str.replace("τ=0.1", "τ=0.05"))
+    both = views.compare_views(other, ev.claims)
+    assert list(both.columns) == ["real", "real tokens"] and not both.isna().any().any()
+
+
+def test_second_view_names_its_choices(tmp_path):
+    with pytest.raises(ValueError, match="view must be one of"):
+        views.second_view("nope")
+    with pytest.raises(ValueError, match="needs embeddings"):
+        views.second_view("vidore-biomed", embeddings=tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="needs hpo"):
+        views.second_view("hpo-dx-tokens")

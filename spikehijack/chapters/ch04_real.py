@@ -240,12 +240,14 @@ def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd
 
 
 def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFrame, inj: pd.DataFrame,
-                 softmax: str, K: int = 100, loss: str = "pair", where: str = "04 real") -> pd.DataFrame:
+                 softmax: str, K: int = 100, loss: str = "pair", where: str = "04 real",
+                 world: str = "real") -> pd.DataFrame:
     """Evidence for claims 1 and 4-8 of PAPER.md section 5 on the real benchmark, one row per link, judged by
     ``reporting.claims``: claim 1 from paired t-intervals of per-query Gini differences; claim 4 from the length
     sweep, one deterministic evaluation (no interval: indicative at best); claims 5-8 from the per-query
-    injection table by ``reporting.evidence`` (bootstrap over queries), with ``softmax`` the validated spec."""
-    world, rows = "real", []
+    injection table by ``reporting.evidence`` (bootstrap over queries), with ``softmax`` the validated spec.
+    ``world`` names the view ("real": phrase patches; "real tokens": the token view)."""
+    rows = []
     g = gi[gi.loss == loss]
     for a, b in zip(gini_order[:-1], gini_order[1:], strict=True):  # claim 1: two links of the ordering
         x = g[g.pooling == a].sort_values("query").gini.to_numpy()

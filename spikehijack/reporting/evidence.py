@@ -139,8 +139,9 @@ def keeps_more(ev: Injection, softmax: str, against: list[str], K: int, paper: s
                    paper, *_minus_best(own, others), rule, own[2])]
     own, others = equal_length(softmax), [equal_length(p) for p in against]
     rows.append(ev.row("5", f"{label(softmax)} keeps more at equal length",
-                       f"R@1 under K={K} spikes / R@1 under K={K} Gaussian patches: {label(softmax)} - best of "
-                       f"{names}", paper, *_minus_best(own, others), rule, min(own[2], max(o[2] for o in others))))
+                       f"retained at equal length (R@1 under K={K} spikes / under K={K} Gaussian patches): "
+                       f"{label(softmax)} - best of {names}", paper, *_minus_best(own, others), rule,
+                       min(own[2], max(o[2] for o in others))))
     return rows
 
 

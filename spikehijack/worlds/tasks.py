@@ -117,7 +117,9 @@ def build_hpo_dx(
     phenotypes) against the golds plus ``n_distractors`` other diseases (None: every annotated disease).
 
     ``seed`` picks the corpus, ``query_seed`` (default ``seed``) the patient simulation. ``encoder`` is a
-    phrase encoder (``MiniLMPhrases``): a disease becomes [M, d] with one patch per annotated phenotype name.
+    phrase encoder (``MiniLMPhrases``: a disease becomes [M, d] with one patch per annotated phenotype name) or
+    a token view of phrases (``MiniLMPhraseTokens``: one patch per token of its phenotype names, task
+    "hpo-dx-tokens", ``meta["phrase_sizes"]`` the token count of every document phrase).
     ``universe`` restricts golds and distractors to these diseases (e.g. a validation split).
     """
     check_positive_int("n_queries", n_queries)
@@ -130,14 +132,15 @@ def build_hpo_dx(
                                          else query_seed)
     doc_text = [hpo_mod.disease_phrases(hpo, d) for d in doc_ids]
     query_text = [list(p.phrases) for p in patients]
+    sizes = encoder.phrase_sizes(doc_text) if hasattr(encoder, "phrase_sizes") else None
     return RealTask(
-        name="hpo-dx",
+        name="hpo-dx" if sizes is None else "hpo-dx-tokens",
         queries=encoder.encode_queries(query_text),
         documents=encoder.encode_documents(doc_text),
         gold=torch.tensor([index[d] for d in golds], dtype=torch.int64),
         query_ids=golds, doc_ids=doc_ids, query_text=query_text, doc_text=doc_text, release=hpo.release,
         meta={"sources": [p.sources for p in patients], "n_gold": n_gold, "n_noise": n_noise,
-              "p_imprecise": p_imprecise, "seed": seed, "query_seed": query_seed},
+              "p_imprecise": p_imprecise, "seed": seed, "query_seed": query_seed, "phrase_sizes": sizes},
     )
 
 
@@ -242,25 +245,34 @@ def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor,
 # Neutral length sweep
 
 
+def _phrase_patches(task: RealTask, j: int) -> list[tuple[str, Tensor]] | None:
+    """Document j as (phrase, its patches [n, d]) pairs, or None when its patches do not map to phrases:
+    one patch per phrase (phrase view) or ``meta["phrase_sizes"]`` patches per phrase (token view)."""
+    texts, vecs = task.doc_text[j] if j < len(task.doc_text) else [], task.documents[j]
+    sizes = (task.meta.get("phrase_sizes") or [None] * len(task.documents))[j] or [1] * len(texts)
+    if len(sizes) != len(texts) or sum(sizes) != len(vecs):
+        return None
+    return list(zip(texts, torch.split(vecs, sizes), strict=True))
+
+
 def neutral_pool(task: RealTask) -> Tensor:
     """Patches unrelated to every query: vectors [P, d] of the non-gold documents, minus (for phrase
-    documents) every phrase that occurs in a gold document or in a query. Duplicated phrases appear once."""
+    documents, one patch or a phrase's tokens per phrase) every phrase that occurs in a gold document or in a
+    query. Duplicated phrases appear once."""
     gold = set(int(g) for g in task.gold)
-    phrase_docs = len(task.doc_text) == len(task.documents) and all(
-        len(t) == len(d) for t, d in zip(task.doc_text, task.documents, strict=True))
-    if not phrase_docs:
-        return torch.cat([d for j, d in enumerate(task.documents) if j not in gold])
+    others = [j for j in range(len(task.documents)) if j not in gold]
+    phrases = {j: _phrase_patches(task, j) for j in others}
+    if any(v is None for v in phrases.values()):
+        return torch.cat([task.documents[j] for j in others])
     banned = {p for j in gold for p in task.doc_text[j]} | {p for q in task.query_text for p in q}
     seen: dict[str, Tensor] = {}
-    for j, (texts, vecs) in enumerate(zip(task.doc_text, task.documents, strict=True)):
-        if j in gold:
-            continue
-        for t, v in zip(texts, vecs, strict=True):
+    for j in others:
+        for t, v in phrases[j]:
             if t not in banned and t not in seen:
                 seen[t] = v
     if not seen:
         raise ValueError("neutral_pool: no patch is unrelated to every query")
-    return torch.stack(list(seen.values()))
+    return torch.cat(list(seen.values()))
 
 
 def pad_task(task: RealTask, factor: int, pool: Tensor, seed: int = 0, docs_per_chunk: int = 256) -> RealTask:
