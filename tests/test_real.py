@@ -233,3 +233,12 @@ def test_second_view_names_its_choices(tmp_path):
         views.second_view("vidore-biomed", embeddings=tmp_path / "missing.npz")
     with pytest.raises(ValueError, match="needs hpo"):
         views.second_view("hpo-dx-tokens")
+
+
+def test_neutral_pool_leaves_out_every_relevant_document():
+    task = random_task(nq=2, nd=6, d=8, seed=3)
+    R = torch.zeros(2, 6, dtype=torch.bool)
+    R[0, [0, 1]] = R[1, 2] = True
+    task = tasks.RealTask("multi", task.queries, task.documents, torch.tensor([0, 2]), task.query_ids, task.doc_ids,
+                          meta={"relevance": R})
+    torch.testing.assert_close(tasks.neutral_pool(task), torch.cat(task.documents[3:]))

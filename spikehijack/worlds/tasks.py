@@ -256,10 +256,10 @@ def _phrase_patches(task: RealTask, j: int) -> list[tuple[str, Tensor]] | None:
 
 
 def neutral_pool(task: RealTask) -> Tensor:
-    """Patches unrelated to every query: vectors [P, d] of the non-gold documents, minus (for phrase
+    """Patches unrelated to every query: vectors [P, d] of the documents relevant to no query, minus (for phrase
     documents, one patch or a phrase's tokens per phrase) every phrase that occurs in a gold document or in a
     query. Duplicated phrases appear once."""
-    gold = set(int(g) for g in task.gold)
+    gold = set(torch.nonzero(relevance(task).any(0)).flatten().tolist())  # every relevant document (ViDoRe: several)
     others = [j for j in range(len(task.documents)) if j not in gold]
     phrases = {j: _phrase_patches(task, j) for j in others}
     if any(v is None for v in phrases.values()):
