@@ -104,7 +104,7 @@ class Real:
     ks: tuple[int, ...]  # injected patches per non-gold document
     factors: tuple[int, ...]  # neutral padding factors
     taus: tuple[float, ...] = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # softmax temperatures swept
-    # section 8, the token view of HPO-Dx (ch04.second_view): ~6x the patches of the phrase view per disease
+    # section 8, the token view of HPO-Dx (ch04_views.second_view): ~5x the patches of the phrase view per disease
     token_queries: int = 64
     token_distractors: int | None = 160
     token_ks: tuple[int, ...] = (0, 100)
