@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spikehijack.reporting import claims, evidence
 from spikehijack.worlds.synthetic import SyntheticConfig, expected_recall_at_1, generate, oracle_scores
@@ -84,3 +86,67 @@ def test_oracle_scores_tie_exactly_for_the_same_count_profile():
     n = len(ev)
     assert torch.equal(s[:, :n], s[:, n:])
     assert (expected_recall_at_1(s, torch.arange(n)) <= 0.5).all()  # the shuffled twin always ties the gold
+
+
+def arms(hits: list[np.ndarray], shifts: dict[int, np.ndarray]) -> pd.DataFrame:
+    """A spike/maxsim table: clean hits[s] [Q] per seed s at K = 0, and at each K of ``shifts`` the clean hits
+    with ``shifts[K][s]`` (a 0/1 mask [Q]) kept."""
+    rows = [{"seed": s, "query": q, "kind": "spike", "K": K, "pooling": "maxsim", "hit": float(h[q] * keep[s][q]),
+             "hijack_rate": 0.0} for K, keep in {0: [np.ones_like(h) for h in hits], **shifts}.items()
+            for s, h in enumerate(hits) for q in range(h.size)]
+    return pd.DataFrame(rows)
+
+
+def bits(S: int, Q: int, p: float, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [(rng.random(Q) < p).astype(float) for _ in range(S)]
+
+
+@given(st.integers(1, 25), st.floats(0.05, 1.0), st.integers(0, 2**16))
+def test_one_seed_retained_is_the_pooled_ratio_with_the_old_replicates(Q, p, seed):
+    """One seed (the real world): the mean of per-seed ratios is the pooled ratio, replicates bit for bit the
+    pooled replicates of the draws ``Injection`` made before ``stats.Resampler``."""
+    clean, keep = bits(1, Q, p, seed), bits(1, Q, 0.5, seed + 1)
+    ev = evidence.Injection(arms(clean, {100: keep}), "real", "t", n_boot=64, seed=seed)
+    point, reps, hits = ev.retained("spike", "maxsim", 100)
+    a, b = (clean[0] * keep[0])[None], clean[0][None]  # [S, Q]
+    rng = np.random.default_rng(seed)
+    s, q = rng.integers(0, 1, size=(64, 1))[:, :, None], rng.integers(0, Q, size=(64, 1, Q))
+    ra, rb = a[s, q].mean(axis=(1, 2)), b[s, q].mean(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        old = np.where(rb > 0, ra / rb, np.nan)
+    assert hits == b.sum()
+    if b.mean() > 0:
+        assert point == a.mean() / b.mean()
+    else:
+        assert np.isnan(point)
+    np.testing.assert_array_equal(reps, old)
+    np.testing.assert_array_equal(ev.mean("spike", "maxsim", 100)[1], ra)
+
+
+@given(st.integers(2, 5), st.integers(1, 15), st.floats(0.05, 0.9), st.integers(0, 2**16))
+def test_retained_is_the_mean_of_per_seed_ratios(S, Q, p, seed):
+    """Seeds of equal size: the point is the mean of each seed's ratio (a seed without clean hits left out, as in
+    ``ch03_tradeoff.injection_summary``), each replicate the mean of its positions' ratios."""
+    clean, keep = bits(S, Q, p, seed), bits(S, Q, 0.5, seed + 1)
+    ev = evidence.Injection(arms(clean, {100: keep}), "synthetic", "t", n_boot=32, seed=seed)
+    point, reps, _ = ev.retained("spike", "maxsim", 100)
+    ratios = [(c * k).mean() / c.mean() for c, k in zip(clean, keep, strict=True) if c.sum() > 0]
+    assert point == pytest.approx(np.mean(ratios)) if ratios else np.isnan(point)
+    a, b = np.array([c * k for c, k in zip(clean, keep, strict=True)]), np.array(clean)
+    for r in range(32):
+        s, u = ev.boot.seeds[r], ev.boot.units[r]
+        per = [a[s[i], u[i]].mean() / b[s[i], u[i]].mean() for i in range(S) if b[s[i], u[i]].sum() > 0]
+        assert reps[r] == pytest.approx(np.mean(per)) if per else np.isnan(reps[r])
+
+
+@given(st.integers(1, 4), st.integers(1, 15), st.integers(0, 2**16))
+def test_identical_arms_differ_by_exactly_zero_in_every_replicate(S, Q, seed):
+    """Paired: every arm is averaged over the same draws, so two identical arms give the same replicates."""
+    clean, keep = bits(S, Q, 0.6, seed), bits(S, Q, 0.5, seed + 1)
+    ev = evidence.Injection(arms(clean, {100: keep, 7: keep}), "synthetic", "t", n_boot=50, seed=seed)
+    for f in (ev.retained, ev.mean):
+        x, y = f("spike", "maxsim", 100)[1], f("spike", "maxsim", 7)[1]
+        ok = np.isfinite(x)
+        np.testing.assert_array_equal(ok, np.isfinite(y))
+        assert (x[ok] - y[ok] == 0).all()

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spikehijack import io
 from spikehijack.reporting import stats
@@ -189,3 +191,49 @@ def test_seed_bootstrap_of_a_ratio_and_of_one_seed():
     assert zero[0] == 1.0  # a seed without clean hits is left out, as NaN in a table of per-seed ratios
     with pytest.raises(ValueError, match="pair"):
         stats.seed_bootstrap([np.ones(3)], [np.ones(4)])
+
+
+@given(st.integers(1, 4), st.integers(1, 12), st.integers(1, 40), st.integers(0, 2**16))
+def test_resampler_rectangular_draws_are_the_old_injection_draws(S, Q, B, seed):
+    """Equal sizes: seeds first, then units, from one generator, exactly as ``evidence.Injection`` drew them."""
+    r = stats.Resampler([Q] * S, n_boot=B, seed=seed)
+    rng = np.random.default_rng(seed)
+    np.testing.assert_array_equal(r.seeds, rng.integers(0, S, size=(B, S)))
+    np.testing.assert_array_equal(r.units, rng.integers(0, Q, size=(B, S, Q)))
+    x = np.random.default_rng(seed + 1).random((S, Q))
+    old = x[r.seeds[:, :, None], r.units].mean(axis=(1, 2))  # the old replicates: one mean over seeds and queries
+    new = r.estimate(x)[1]  # a mean of per-position means: the same up to rounding, bit for bit with one seed
+    (np.testing.assert_array_equal if S == 1 else np.testing.assert_allclose)(new, old)
+
+
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=5), st.integers(0, 2**16))
+def test_resampler_ragged_means_are_means_of_the_drawn_seeds_units(sizes, seed):
+    r = stats.Resampler(sizes, n_boot=30, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    xs = [rng.random(n) for n in sizes]
+    got = r.means(xs)
+    for b in range(30):
+        for p in range(len(sizes)):
+            s = r.seeds[b, p]
+            idx = r.units[b, p, :sizes[s]]
+            assert (r.units[b, p, :sizes[s]] < sizes[s]).all()
+            assert got[b, p] == pytest.approx(xs[s][idx].mean(), rel=1e-12)
+    point, reps = r.estimate(xs)
+    assert point == pytest.approx(np.mean([x.mean() for x in xs])) and reps.shape == (30,)
+
+
+@given(st.lists(st.integers(2, 12), min_size=1, max_size=4), st.integers(0, 2**16))
+def test_seed_bootstrap_is_the_resampler_statistic(sizes, seed):
+    """The wrapper: the same draws for the same sizes and seed, a ratio per seed, NaN seeds and replicates out."""
+    rng = np.random.default_rng(seed)
+    base = [(rng.random(n) < 0.3).astype(float) for n in sizes]
+    vals = [b * (rng.random(b.size) < 0.5) for b in base]
+    point, lo, hi = stats.seed_bootstrap(vals, base, n_boot=200, seed=seed)
+    p, reps = stats.Resampler(sizes, 200, seed).estimate(vals, base)
+    by_hand = [v.mean() / b.mean() for v, b in zip(vals, base, strict=True) if b.sum() > 0]
+    assert point == p or (np.isnan(point) and np.isnan(p))
+    if by_hand:
+        assert point == pytest.approx(np.mean(by_hand))
+        assert np.nanquantile(reps, 0.025) == pytest.approx(lo) and 0.0 <= lo <= hi <= 1.0
+    else:
+        assert np.isnan(point) and np.isnan(lo) and np.isnan(reps).all()

@@ -5,9 +5,13 @@ first, so its mean is Recall@1) and ``hijack_rate`` (share of the query's tokens
 injected one, ``inject.hijack_rate``); ``kind`` is "spike" or "gaussian", ``pooling`` a pooling spec. The
 real world has one seed (its queries are the unit); the synthetic world has one trained model per seed.
 
-Intervals come from a hierarchical bootstrap (resample seeds, then queries within each drawn seed), with the
-same draws for every arm (pooling, kind, K), so differences and ratios of arms are paired. A retained ratio
-(Recall@1 after / before) is judged only with ``claims.MIN_BASE_HITS`` clean hits; with fewer than
+"Retained" is the mean over seeds of each seed's ratio Recall@1 after / Recall@1 before (clean, K = 0, the same
+queries), a seed without clean hits left out: the estimator of the tables printed beside the claims
+(``ch03_tradeoff.injection_summary``, ``ch05_findings``) and of ``curves``. With one seed (the real world) it
+is the pooled ratio. Intervals come from one hierarchical bootstrap (``stats.Resampler``: resample seeds, then
+queries within each drawn seed), with the same draws for every arm (pooling, kind, K), so differences and
+ratios of arms are paired; a replicate's retained is the mean over its seed positions of per-position ratios.
+A retained ratio is judged only with ``claims.MIN_BASE_HITS`` clean hits; with fewer than
 ``claims.MIN_SEEDS`` trained seeds a synthetic verdict is indicative at best (the bootstrap cannot see the
 variance between trainings it did not run).
 
@@ -26,7 +30,7 @@ import pandas as pd
 
 from ..core.pooling import parse_pooling
 from . import claims
-from .stats import seed_bootstrap
+from .stats import Resampler, seed_bootstrap
 
 #: Bootstrap replicates and the level of every interval.
 N_BOOT, LEVEL = 2000, 0.95
@@ -56,9 +60,7 @@ class Injection:
         self.seeds = sorted(table["seed"].unique())
         self.queries = sorted(table["query"].unique())
         S, Q = len(self.seeds), len(self.queries)
-        rng = np.random.default_rng(seed)
-        self._s = rng.integers(0, S, size=(n_boot, S))[:, :, None]  # [B, S, 1]
-        self._q = rng.integers(0, Q, size=(n_boot, S, Q))  # [B, S, Q]
+        self.boot = Resampler([Q] * S, n_boot, seed)  # one set of draws for every arm: paired
         self.n_seeds = S if world == "synthetic" else None
         self.n_queries = Q
         self._arr = cache(self._array)
@@ -72,17 +74,19 @@ class Injection:
         return wide.to_numpy(float)  # [S, Q]
 
     def mean(self, kind: str, pooling: str, K: int, col: str = "hit") -> tuple[float, np.ndarray]:
-        """(point mean, bootstrap replicates [B]) of ``col`` over seeds and queries."""
-        x = self._arr(kind, pooling, K, col)
-        return float(x.mean()), x[self._s, self._q].mean(axis=(1, 2))
+        """(point, bootstrap replicates [B]) of the mean over seeds of per-seed means of ``col`` (the mean over
+        seeds and queries: every seed has the same queries)."""
+        return self.boot.estimate(self._arr(kind, pooling, K, col))
+
+    def ratio(self, num: tuple[str, str, int], den: tuple[str, str, int]) -> tuple[float, np.ndarray]:
+        """(point, replicates [B]) of the mean over seeds of per-seed ratios of Recall@1 in arm ``num`` over arm
+        ``den`` (each (kind, pooling, K), the same queries): a seed, or a replicate's position, with no hit in
+        ``den`` is left out; a replicate NaN when every position is."""
+        return self.boot.estimate(self._arr(*num, "hit"), self._arr(*den, "hit"))
 
     def retained(self, kind: str, pooling: str, K: int) -> tuple[float, np.ndarray, float]:
-        """(Recall@1(K) / Recall@1(0), its replicates (NaN where a replicate has no clean hit), clean hits)."""
-        a, ra = self.mean(kind, pooling, K)
-        b, rb = self.mean(kind, pooling, 0)
-        hits = self.hits(kind, pooling, 0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (a / b if b > 0 else float("nan")), np.where(rb > 0, ra / rb, np.nan), hits
+        """(retained Recall@1 at K: the mean over seeds of Recall@1(K) / Recall@1(0), its replicates, clean hits)."""
+        return *self.ratio((kind, pooling, K), (kind, pooling, 0)), self.hits(kind, pooling, 0)
 
     def hits(self, kind: str, pooling: str, K: int) -> float:
         """Hits (gold ranked first) summed over seeds and queries."""
@@ -126,11 +130,8 @@ def keeps_more(ev: Injection, softmax: str, against: list[str], K: int, paper: s
     cost beyond what K more patches of any kind do). When only the first holds, softmax's robustness is a
     length effect."""
 
-    def equal_length(p: str) -> tuple[float, np.ndarray, float]:
-        s, rs = ev.mean("spike", p, K)
-        g, rg = ev.mean("gaussian", p, K)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (s / g if g > 0 else np.nan), np.where(rg > 0, rs / rg, np.nan), ev.hits("gaussian", p, K)
+    def equal_length(p: str) -> tuple[float, np.ndarray, float]:  # per-seed ratios, averaged, as ``retained``
+        return *ev.ratio(("spike", p, K), ("gaussian", p, K)), ev.hits("gaussian", p, K)
 
     names = "/".join(label(p) for p in against)
     rule = lambda lo, hi, n: claims.direction(lo, hi, n_seeds=n)  # noqa: E731

@@ -1,4 +1,5 @@
-"""Statistics for result tables: confidence intervals, paired tests and effect sizes (verdicts: ``claims``)."""
+"""Statistics for result tables: confidence intervals, one hierarchical bootstrap (``Resampler``: seeds, then units
+within each drawn seed), paired tests and effect sizes (verdicts: ``claims``)."""
 
 from __future__ import annotations
 
@@ -106,13 +107,91 @@ def bootstrap_ci(
     return float(x.mean()), float(lo), float(hi)
 
 
+class Resampler:
+    """One hierarchical bootstrap: seeds drawn with replacement, then units (queries, pairs) within each drawn
+    seed, drawn ONCE and reused for every array of units it averages, so estimates of two arms are paired.
+
+    ``sizes[s]``: seed s's number of units (ragged allowed). ``seeds`` [B, S]: the seed drawn at each position of
+    each replicate, ``rng.integers(0, S, (B, S))``. ``units`` [B, S, N]: the units drawn at each position, with
+    N the largest size. Equal sizes Q draw ``rng.integers(0, Q, (B, S, Q))`` next from the same generator (the
+    draws of ``evidence.Injection`` before it used this class); ragged sizes draw ``rng.integers(0, n, (B, S,
+    N))`` with n the size of the seed drawn at that position, and a position keeps its first n units (n draws
+    with replacement from its own seed's units; ``mask`` [B, S, N] marks them).
+
+    >>> r = Resampler([3, 3], n_boot=4)
+    >>> r.seeds.shape, r.units.shape, r.means([np.ones(3), np.zeros(3)]).shape
+    ((4, 2), (4, 2, 3), (4, 2))
+    """
+
+    def __init__(self, sizes: Sequence[int], n_boot: int = 2000, seed: int = 0):
+        self.sizes = np.asarray([int(n) for n in sizes], dtype=int)
+        if self.sizes.size == 0 or (self.sizes < 1).any():
+            raise ValueError("Resampler: every seed needs at least one unit")
+        S, N = self.sizes.size, int(self.sizes.max())
+        rng = np.random.default_rng(seed)
+        self.seeds = rng.integers(0, S, size=(n_boot, S))  # [B, S]
+        self.equal = bool((self.sizes == N).all())
+        if self.equal:
+            self.units, self.mask = rng.integers(0, N, size=(n_boot, S, N)), None  # [B, S, N]
+        else:
+            n = self.sizes[self.seeds][:, :, None]  # [B, S, 1]: the drawn seed's size
+            self.units, self.mask = rng.integers(0, n, size=(n_boot, S, N)), np.arange(N) < n
+
+    def _check(self, units: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        xs = [np.asarray(u, dtype=float) for u in units]
+        if [x.size for x in xs] != self.sizes.tolist():
+            raise ValueError(f"Resampler: unit arrays of sizes {[x.size for x in xs]}, drawn for {self.sizes.tolist()}")
+        return xs
+
+    def point(self, units: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Per-seed means [S] of per-seed unit arrays (a list, or an [S, Q] array when sizes are equal)."""
+        return np.array([x.mean() for x in self._check(units)])
+
+    def means(self, units: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Replicate means [B, S]: at each position, the mean of the drawn seed's drawn units."""
+        xs = self._check(units)
+        pad = np.zeros((len(xs), int(self.sizes.max())))
+        for s, x in enumerate(xs):
+            pad[s, :x.size] = x
+        drawn = pad[self.seeds[:, :, None], self.units]  # [B, S, N]
+        if self.equal:
+            return drawn.mean(axis=2)
+        return np.where(self.mask, drawn, 0.0).sum(axis=2) / self.sizes[self.seeds]
+
+    def estimate(self, values: Sequence[np.ndarray] | np.ndarray, base: Sequence[np.ndarray] | np.ndarray | None = None
+                 ) -> tuple[float, np.ndarray]:
+        """(point, replicates [B]) of ``seed_mean``: per-seed means of ``values``, or per-seed ratios of means of
+        ``values`` over ``base`` (paired unit by unit), averaged over seeds; a replicate NaN when every position
+        is (left out of an interval)."""
+        num, reps = self.point(values), self.means(values)
+        den, den_reps = (None, None) if base is None else (self.point(base), self.means(base))
+        return float(seed_mean(num, den)), seed_mean(reps, den_reps)
+
+
+def seed_mean(num: np.ndarray, den: np.ndarray | None = None) -> np.ndarray:
+    """The mean over seeds (last axis) of per-seed means ``num``, or of per-seed ratios ``num / den`` (NaN where
+    ``den`` is 0): NaN seeds are left out, as in a table of per-seed ratios; NaN where every seed is NaN.
+
+    >>> float(seed_mean(np.array([0.25, 0.75])))
+    0.5
+    >>> seed_mean(np.array([[1.0, 0.0], [1.0, 3.0], [0.0, 0.0]]), np.array([[2.0, 0.0], [2.0, 1.0], [0.0, 0.0]]))
+    array([0.5 , 1.75,  nan])
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = num if den is None else np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+        ok = np.isfinite(r)
+        n = ok.sum(axis=-1)
+        return np.where(n > 0, np.where(ok, r, 0.0).sum(axis=-1) / np.maximum(n, 1), np.nan)
+
+
 def seed_bootstrap(
     values: Sequence[np.ndarray], base: Sequence[np.ndarray] | None = None, level: float = 0.95,
     n_boot: int = 2000, seed: int = 0,
 ) -> tuple[float, float, float]:
     """(point, low, high) of the mean over seeds of a per-seed mean, or of a per-seed ratio of paired means
     (``base``: the denominator's units, paired with ``values`` unit by unit, e.g. the same queries clean),
-    with a hierarchical percentile bootstrap: draw seeds with replacement, then units within each drawn seed.
+    with a percentile interval from the hierarchical bootstrap of ``Resampler`` (seeds, then units within each
+    drawn seed; the same ``seed`` and sizes give the same draws).
 
     ``values[s]`` holds seed s's units (queries, pairs). A seed whose denominator is 0 gives NaN and is left out
     of the mean over seeds, as in a table of per-seed ratios. With one seed it is the bootstrap over units. A
@@ -127,28 +206,8 @@ def seed_bootstrap(
         raise ValueError("seed_bootstrap: every seed needs at least one unit")
     if dens is not None and [d.shape for d in dens] != [v.shape for v in vals]:
         raise ValueError("seed_bootstrap: base must pair with values unit by unit")
-
-    def stat(num: np.ndarray, den: np.ndarray | None) -> np.ndarray:
-        if den is None:
-            return num
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-    point_per_seed = stat(np.array([v.mean() for v in vals]),
-                          None if dens is None else np.array([d.mean() for d in dens]))
-    point = float(np.nanmean(point_per_seed)) if np.isfinite(point_per_seed).any() else float("nan")
-    rng = np.random.default_rng(seed)
-    S = len(vals)
-    draws = rng.integers(0, S, size=(n_boot, S))
-    reps = np.empty((n_boot, S))
-    for p in range(S):  # position p of a replicate: its drawn seed, with fresh unit draws
-        for s in range(S):
-            idx = rng.integers(0, vals[s].size, size=(n_boot, vals[s].size))
-            here = draws[:, p] == s
-            reps[here, p] = stat(vals[s][idx[here]].mean(1), None if dens is None else dens[s][idx[here]].mean(1))
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(reps).any(1)
-        reps = np.nanmean(np.where(ok[:, None], reps, 0.0), axis=1)[ok] if ok.any() else np.array([])
+    point, reps = Resampler([v.size for v in vals], n_boot, seed).estimate(vals, dens)
+    reps = reps[np.isfinite(reps)]
     if reps.size == 0:
         return point, float("nan"), float("nan")
     lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
