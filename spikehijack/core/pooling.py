@@ -24,16 +24,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_positive_float, check_positive_int, check_tensor
-from .kernels import (
-    Pooled,
-    concat_parts,
-    fill_masked,
-    fill_masked_,
-    largest,
-    top_k_block,
-    top_of_parts,
-    valid_count,
-)
+from .kernels import Pooled, concat_parts, fill_masked, fill_masked_, largest, top_k_block, top_of_parts, valid_count
 
 _REGISTRY: dict[str, Callable[[str | None], Pooling]] = {}
 
@@ -63,6 +54,8 @@ class Pooling:
     #: False for poolings that couple query tokens (e.g. capacity-limited matching): they implement
     #: ``pool_tokens`` on S [..., T, M] instead of the per-token ``reduce``.
     token_wise: ClassVar[bool] = True
+    #: True when ``block`` is fastest on S stored patch-major (``kernels.similarity_block``); same numbers.
+    patch_major: ClassVar[bool] = False
 
     @classmethod
     def from_arg(cls, arg: str | None) -> Pooling:
@@ -120,6 +113,10 @@ class Pooling:
         """
         return self.reference_block(S, mask, grad)
 
+    def cache_entries(self, R: int, M: int) -> int:
+        """Similarities per document (R tokens, M patches) ``block`` keeps in cache: ``score_matrix``'s block size."""
+        return R * M
+
     def reference_block(self, S: Tensor, mask: Tensor | None, grad: bool) -> Pooled:
         """The definition on any block S [..., T, M]: (``pool_tokens``, ``jacobian`` when ``grad``). S unchanged."""
         return self.pool_tokens(S, mask), self.jacobian(S, mask) if grad else None
@@ -146,6 +143,7 @@ class MaxSim(Pooling):
     """phi = max_j S_j. All of a token's gradient goes to its arg-max patch (first one on ties)."""
 
     name: ClassVar[str] = "maxsim"
+    patch_major: ClassVar[bool] = True
 
     @property
     def label(self) -> str:
@@ -178,6 +176,7 @@ class TopK(Pooling):
 
     k: int = 4
     name: ClassVar[str] = "topk"
+    patch_major: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_positive_int("k", self.k)
@@ -218,6 +217,10 @@ class TopK(Pooling):
 
     def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
         return top_k_block(S, mask, min(self.k, S.shape[-1]), grad, scratch)
+
+    def cache_entries(self, R: int, M: int) -> int:
+        # the sweep (kernels.top_k_sweep) keeps k + 1 rows in cache: larger blocks, fewer elementwise calls
+        return R * min(M, self.k + 1)
 
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, self.k)

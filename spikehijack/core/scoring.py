@@ -91,7 +91,7 @@ def _pool_documents(p: Pooling, Dc: Tensor, Q: Tensor, m: Tensor | None, grad: b
         return p.pool_tokens(similarity_block(Dc, q).view(n, Nq, T, -1), m)
 
     def block() -> Tensor:  # S [n, Nq, T, M], written into buf[0]
-        return similarity_block(Dc, q, buf[0, :n]).view(n, Nq, T, -1)
+        return similarity_block(Dc, q, buf[0, :n], p.patch_major).view(n, Nq, T, -1)
 
     with torch.no_grad():
         pooled = p.block(block(), m, grad, buf[1, :n].view(n, Nq, T, -1))
@@ -129,7 +129,7 @@ def score_matrix(
     Nq, T, _ = Q.shape
     Nd, M, _ = D.shape
     grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
-    step = block_size(Nd, Nq * T * M, Q.device, chunk_size)
+    step = block_size(Nd, p.cache_entries(Nq * T, M), Q.device, chunk_size)
     buf = scratch((2, step, Nq * T, M), pooled_dtype(Q.dtype), Q.device)  # the block and its kernel's scratch
     out = []
     for docs in document_blocks(Nd, Nq * T * M, Q.device, step):
