@@ -4,7 +4,7 @@ A *similarity block* holds every query token against every patch of a few docume
 view of the ``bmm`` output [n, Nq * T, M] (``similarity_block``), with the patch mask [n, 1, 1, M] (True = real
 patch). Poolings pool such blocks in place (``Pooling.block``); this module holds what their kernels share (the
 CPU scratch, the Top-k passes and sweep) and the one rule that sizes blocks on every device (``block_size``,
-``document_blocks``). A pooling that sweeps patches (``Pooling.patch_major``: MaxSim, Top-k) gets the same S
+``document_blocks``). A pooling that sweeps patches (``Pooling.patch_major``: Top-k) gets the same S
 as a view of patch-major storage [n, M, Nq * T], where each patch's row of similarities is contiguous.
 
 Block sizes follow the cache the machine reports, not a constant measured on one CPU: on CPU a block holds as

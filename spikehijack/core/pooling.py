@@ -54,8 +54,6 @@ class Pooling:
     #: False for poolings that couple query tokens (e.g. capacity-limited matching): they implement
     #: ``pool_tokens`` on S [..., T, M] instead of the per-token ``reduce``.
     token_wise: ClassVar[bool] = True
-    #: True when ``block`` is fastest on S stored patch-major (``kernels.similarity_block``); same numbers.
-    patch_major: ClassVar[bool] = False
 
     @classmethod
     def from_arg(cls, arg: str | None) -> Pooling:
@@ -113,6 +111,10 @@ class Pooling:
         """
         return self.reference_block(S, mask, grad)
 
+    def patch_major(self, grad: bool) -> bool:
+        """Whether ``block`` is fastest on S stored patch-major (``kernels.similarity_block``); same numbers."""
+        return False
+
     def cache_entries(self, R: int, M: int) -> int:
         """Similarities per document (R tokens, M patches) ``block`` keeps in cache: ``score_matrix``'s block size."""
         return R * M
@@ -143,7 +145,6 @@ class MaxSim(Pooling):
     """phi = max_j S_j. All of a token's gradient goes to its arg-max patch (first one on ties)."""
 
     name: ClassVar[str] = "maxsim"
-    patch_major: ClassVar[bool] = True
 
     @property
     def label(self) -> str:
@@ -162,6 +163,9 @@ class MaxSim(Pooling):
             return top_k_block(S, mask, 1, grad, scratch)
         return fill_masked_(S, mask, float("-inf")).amax(-1), None
 
+    def patch_major(self, grad: bool) -> bool:
+        return grad  # W from one comparison per patch row; without a gradient, amax over contiguous patches
+
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, 1)
 
@@ -176,7 +180,6 @@ class TopK(Pooling):
 
     k: int = 4
     name: ClassVar[str] = "topk"
-    patch_major: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_positive_int("k", self.k)
@@ -217,6 +220,9 @@ class TopK(Pooling):
 
     def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
         return top_k_block(S, mask, min(self.k, S.shape[-1]), grad, scratch)
+
+    def patch_major(self, grad: bool) -> bool:
+        return True
 
     def cache_entries(self, R: int, M: int) -> int:
         # the sweep (kernels.top_k_sweep) keeps k + 1 rows in cache: larger blocks, fewer elementwise calls
