@@ -5,7 +5,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXTRAS := real,notebooks,dev,ray,book
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
-PAPER_NOTEBOOKS := $(filter-out notebooks/01_%,$(NOTEBOOKS))
 SANITIZE := tests/nbval_sanitize.cfg
 REGEN := $(CURDIR)/build/regen
 STRIP := $(PY) -m nbstripout --keep-output --keep-count \
@@ -39,11 +38,12 @@ reproduce: venv
 	$(STRIP) $(NOTEBOOKS)
 	$(PY) scripts/update_readme_results.py --sync
 
-## The paper profile: executed copies under reports/paper/ (long; the notebooks themselves stay quick). Notebooks
+## The paper profile: executed copies under reports/paper/, trained weights and per-run tables under
+## reports/paper/cache/ (committed: re-running re-evaluates without retraining; the notebooks stay quick). Notebooks
 ## with a device parameter get device=auto (the GPU when there is one); each notebook's wall time is printed.
 paper: venv
 	@mkdir -p reports/paper
-	@total=$$(date +%s); for nb in $(PAPER_NOTEBOOKS); do \
+	@total=$$(date +%s); for nb in $(NOTEBOOKS); do \
 		dev=; grep -q '"device = ' $$nb && dev="-p device auto"; \
 		echo "== $$nb (profile=paper $$dev)"; start=$$(date +%s); \
 		$(PY) -m papermill --cwd notebooks -k python3 --no-progress-bar -p profile paper $$dev \

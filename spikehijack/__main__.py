@@ -22,7 +22,7 @@ from .worlds.encoders import MiniLMPhrases, MiniLMTokens
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    cache = Path(args.out) if args.out else io.cache_dir("synthetic")
+    cache = Path(args.out) if args.out else io.cache_dir("synthetic", args.profile)
     configs = grid_configs(profiles.get(args.profile).synthetic.sweep)
     df = run_groups(configs, cache, device=args.device, executor=args.executor, address=args.ray_address)
     print(summary_table(df).to_string())

@@ -102,8 +102,13 @@ def display_path(path: str | os.PathLike) -> str:
     return path.name
 
 
-def cache_dir(name: str) -> Path:
-    """The config-hash cache folder of one experiment family (``synthetic``, ``beyond_real``, ...)."""
+def cache_dir(name: str, profile: str = "quick") -> Path:
+    """The config-hash cache folder of one experiment family (``synthetic``, ``beyond_real``, ...): under
+    ``results_root()`` (git-ignored), or for the paper profile ``reports/paper/cache/<name>``, committed: its
+    trained weights and per-run tables are small, and a later change of analysis re-evaluates them without
+    retraining."""
+    if profile == "paper":
+        return REPO_ROOT / "reports" / "paper" / "cache" / name
     return results_root() / "cache" / name
 
 

@@ -142,3 +142,6 @@ def test_phrase_tokens_are_each_phrase_tokens_concatenated(token_enc, tmp_path):
         torch.testing.assert_close(doc, torch.cat(parts), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"documents\[0\]"):
         pt.encode_documents(["not a list"])
+    memo = MiniLMPhraseTokens(use_cache=False)  # sizes, then vectors: each phrase through the model once
+    assert memo.phrase_sizes(items) == sizes and len(memo.encode_documents(items)) == 2
+    assert memo.n_encoded == 2

@@ -140,16 +140,19 @@ def block_world(n, Nq, T, M, K, seed, ties):
 
 @settings(max_examples=40)
 @given(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 6)),
-       st.integers(0, 2**31 - 1), st.sampled_from(ALL), st.booleans(), st.booleans(), st.booleans())
-def test_block_kernels_equal_the_definition(shape, seed, spec, ties, grad, masked):
-    """Pooling.block either declines or gives reference_block's phi and W (token-wise poolings only get grad)."""
+       st.integers(0, 2**31 - 1), st.sampled_from(ALL), st.booleans(), st.booleans(), st.booleans(), st.booleans())
+def test_block_kernels_equal_the_definition(shape, seed, spec, ties, grad, masked, patch_major):
+    """Pooling.block either declines or gives reference_block's phi and W (token-wise poolings only get grad),
+    on blocks stored token-major or patch-major (a [n, Nq, T, M] view of [n, M, Nq * T] storage)."""
     n, Nq, T, M, _ = shape
     S, mask, _ = block_world(*shape, seed, ties)
     mask = mask if masked else None
     p = parse_pooling(spec)
     grad = grad and p.token_wise
     phi_ref, W_ref = p.reference_block(S, mask, grad)
-    got = p.block(S.clone(), mask, grad, torch.empty_like(S))
+    block = S.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1) if patch_major else S.clone()
+    assert (kernels.patch_major_view(block) is not None) == (patch_major and Nq * T > 1 and M > 1)
+    got = p.block(block, mask, grad, torch.empty_like(S))
     if got is None:  # only the Top-k kernels decline: an ambiguous selection with a gradient, or < k real patches
         k = 1 if spec == "maxsim" else min(int(spec.partition(":")[2]), M)
         real = M if mask is None else int(mask.sum(-1).min())
@@ -158,6 +161,25 @@ def test_block_kernels_equal_the_definition(shape, seed, spec, ties, grad, maske
     torch.testing.assert_close(got[0], phi_ref, rtol=1e-12, atol=1e-12)
     if grad:
         torch.testing.assert_close(got[1], W_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_patch_major_blocks_come_from_the_transposed_gemm():
+    """similarity_block(patch_major=True) gives the same S, stored patch by patch, and scoring with either
+    layout gives the same scores and gradients (the layout is a pooling's choice, not a result)."""
+    g = torch.Generator().manual_seed(3)
+    D, q = torch.randn(4, 9, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    S = kernels.similarity_block(D, q, patch_major=True)
+    torch.testing.assert_close(S, kernels.similarity_block(D, q), rtol=1e-14, atol=1e-14)
+    assert kernels.patch_major_view(S.view(4, 2, 3, 9)) is not None
+    Q, D, q_mask, d_mask = batch(Nq=4, Nd=9, T=5, M=11)
+    for spec in ("maxsim", "topk:3"):
+        cls = type(parse_pooling(spec))
+        fn = lambda Q_, D_, spec=spec: score_matrix(Q_, D_, spec, q_mask, d_mask)  # noqa: E731
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cls, "patch_major", lambda self, grad: False)
+            token_major = grads(fn, Q, D)
+        for a, b in zip(grads(fn, Q, D), token_major, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @settings(max_examples=40)

@@ -92,6 +92,13 @@ def test_results_dir(tmp_path):
     assert (tmp_path / "reports" / "paper" / "tables").is_dir()
 
 
+def test_cache_dir_commits_the_paper_profile(tmp_path, monkeypatch):
+    """Quick caches follow $SPIKEHIJACK_RESULTS (git-ignored); the paper profile's live in reports/paper/cache."""
+    monkeypatch.setenv("SPIKEHIJACK_RESULTS", str(tmp_path))
+    assert io.cache_dir("synthetic") == tmp_path / "cache" / "synthetic"
+    assert io.cache_dir("synthetic", "paper") == io.REPO_ROOT / "reports" / "paper" / "cache" / "synthetic"
+
+
 # ---------------------------------------------------------------- stats
 
 

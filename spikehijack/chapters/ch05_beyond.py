@@ -226,7 +226,7 @@ def synthetic_experiment(
     Each model's evaluation is one cached ``sweeps.run_grid`` run (``<cache>/beyond/``).
     """
     prof = profiles.get(profile).beyond
-    cache = Path(cache_dir) if cache_dir is not None else io.cache_dir("synthetic")
+    cache = Path(cache_dir) if cache_dir is not None else io.cache_dir("synthetic", profile)
     groups = grid_configs(profiles.get(profile).synthetic.sweep, lengths=prof.lengths)
     run_groups(groups, cache, device=device, progress=progress)
     runs = []
@@ -340,7 +340,7 @@ def real_experiment(
     evaluation is a cached run too (``<cache>/eval/``).
     """
     prof = profiles.get(profile).beyond_real
-    cache = Path(cache_dir) if cache_dir is not None else io.cache_dir("beyond_real")
+    cache = Path(cache_dir) if cache_dir is not None else io.cache_dir("beyond_real", profile)
     heads = head_configs(profile)
     run_grid(heads, partial(head_run, weights_dir=cache / "weights"), cache, progress=progress,
              desc="heads").raise_for_failures()

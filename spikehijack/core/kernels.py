@@ -3,8 +3,9 @@
 A *similarity block* holds every query token against every patch of a few documents: S [n, Nq, T, M], a free
 view of the ``bmm`` output [n, Nq * T, M] (``similarity_block``), with the patch mask [n, 1, 1, M] (True = real
 patch). Poolings pool such blocks in place (``Pooling.block``); this module holds what their kernels share (the
-CPU scratch, the Top-k passes) and the one rule that sizes blocks on every device (``block_size``,
-``document_blocks``).
+CPU scratch, the Top-k passes and sweep) and the one rule that sizes blocks on every device (``block_size``,
+``document_blocks``). A pooling that sweeps patches (``Pooling.patch_major``: Top-k) gets the same S
+as a view of patch-major storage [n, M, Nq * T], where each patch's row of similarities is contiguous.
 
 Block sizes follow the cache the machine reports, not a constant measured on one CPU: on CPU a block holds as
 many float32 entries as the L2 caches of the threads that pool it (L2 per core x ``torch.get_num_threads()``),
@@ -155,16 +156,26 @@ def sum_tokens(phi: Tensor, q_mask: Tensor | None) -> Tensor:
     return phi.sum(1)
 
 
-def similarity_block(D: Tensor, q: Tensor, out: Tensor | None = None) -> Tensor:
+def similarity_block(D: Tensor, q: Tensor, out: Tensor | None = None, patch_major: bool = False) -> Tensor:
     """S [n, R, M] = q [R, d] against every patch of D [n, M, d]: one GEMM per document (``bmm``), written into
     ``out`` when given (low precision is then converted to out's float32), else widened to float32 or wider.
-    Differentiable when ``out`` is None."""
-    qn = q.expand(D.shape[0], *q.shape)
+    Differentiable when ``out`` is None.
+
+    ``patch_major``: the GEMM writes [n, M, R] (patch by patch, ``out`` then holds n * M * R entries in that
+    order) and S is its transposed view, for kernels that sweep the patches (``top_k_block``)."""
+    n = D.shape[0]
+    if patch_major:
+        a, b = D, q.T.expand(n, *q.T.shape)  # [n, M, d] @ [n, d, R]
+        out = None if out is None else out.view(n, D.shape[1], q.shape[0])
+    else:
+        a, b = q.expand(n, *q.shape), D.transpose(1, 2)
     if out is None:
-        return widen_low_precision(torch.bmm(qn, D.transpose(1, 2)))
-    if out.dtype != D.dtype:
-        return out.copy_(torch.bmm(qn, D.transpose(1, 2)))
-    return torch.bmm(qn, D.transpose(1, 2), out=out)
+        S = widen_low_precision(torch.bmm(a, b))
+    elif out.dtype != D.dtype:
+        S = out.copy_(torch.bmm(a, b))
+    else:
+        S = torch.bmm(a, b, out=out)
+    return S.transpose(1, 2) if patch_major else S
 
 
 _SCRATCH = threading.local()
@@ -261,11 +272,72 @@ def topk_is_faster(S: Tensor, k: int) -> bool:
     return _TOPK_FASTER[key]
 
 
+def patch_major_view(S: Tensor) -> Tensor | None:
+    """The [n, M, R] storage under a block S [n, Nq, T, M] written by ``similarity_block(patch_major=True)``
+    (R = Nq * T), or None when S is stored token-major."""
+    if S.ndim != 4 or S.stride(-1) == 1:  # token-major (or M = 1 / R = 1, where the layouts coincide)
+        return None
+    P = S.permute(0, 3, 1, 2)
+    return P.view(*P.shape[:2], -1) if P.is_contiguous() else None
+
+
+def top_k_sweep(St: Tensor, k: int, scratch: Tensor) -> Tensor:
+    """The k largest of every column of St [n, M, R] (k <= M), sorted: [k, n, R] (a view of ``scratch``, which
+    needs (k + 1) * n * R entries). One sweep over the patches inserts each row St[:, m] into k running lists
+    (a sorting network of 2k - 1 elementwise min / max per patch): a patch-major block is read once, with no
+    comparison, ``where`` or sort over the whole block. Equal values are kept as often as they occur.
+
+    >>> St = torch.tensor([[[0.25, 5.0], [0.75, 1.0], [0.5, 5.0]]])  # n = 1, M = 3 patches, R = 2 tokens
+    >>> top_k_sweep(St, 2, torch.empty(3 * 2)).tolist()
+    [[[0.75, 5.0]], [[0.5, 5.0]]]
+    """
+    n, M, R = St.shape
+    lists = scratch.view(-1)[: (k + 1) * n * R].view(k + 1, n, R)
+    top, tmp = lists[:k], lists[k]
+    top[0].copy_(St[:, 0])
+    top[1:].fill_(float("-inf"))
+    for m in range(1, M):
+        x = St[:, m]
+        for j in range(k - 1, 0, -1):  # top[j] = max(top[j], min(top[j - 1], x)), lowest rank first
+            torch.minimum(top[j - 1], x, out=tmp)
+            torch.maximum(top[j], tmp, out=top[j])
+        torch.maximum(top[0], x, out=top[0])
+    return top
+
+
+def _top_k_patch_major(S: Tensor, St: Tensor, k: int, grad: bool, scratch: Tensor) -> Pooled | None:
+    """``top_k_block`` on a patch-major block (``patch_major_view``): the same contract and, without ties, the same
+    bits (the k values are added largest first). W is 1/k where S >= the k-th largest; None when a row has
+    fewer than k real patches, or with ``grad`` when a tie at the k-th value makes the choice ambiguous."""
+    n, Nq, T, M = S.shape
+    if k == 1:
+        top = St.amax(1, keepdim=True).movedim(1, 0)  # [1, n, R]
+    else:
+        top = top_k_sweep(St, k, scratch)
+    kth = top[k - 1]
+    if not bool(torch.isfinite(kth).all()):
+        return None
+    phi = top[0].clone()
+    for j in range(1, k):
+        phi.add_(top[j])
+    phi = (phi / k).view(n, Nq, T)
+    if not grad:
+        return phi, None
+    W = torch.ge(St, kth.unsqueeze(1), out=torch.empty_like(St))  # 1.0 on the chosen (a float out: no bool pass)
+    if not bool((W.sum(1) == k).all()):
+        return None
+    return phi, (W.div_(k) if k > 1 else W).transpose(1, 2).unflatten(1, (Nq, T))
+
+
 def top_k_block(S: Tensor, mask: Tensor | None, k: int, grad: bool, scratch: Tensor) -> Pooled | None:
     """The Top-k kernel (k = 1: MaxSim with a gradient): phi = mean of the k largest of S [..., M] (masked
     patches -inf) and, with ``grad``, W = 1/k on the chosen patches. Overwrites S and ``scratch`` (like S);
-    None when a row has fewer than k real patches or a tie makes the choice ambiguous (see ``top_k_mean``)."""
+    None when a row has fewer than k real patches or a tie makes the choice ambiguous (see ``top_k_mean``).
+    A patch-major block (``similarity_block(patch_major=True)``) is swept patch by patch (``top_k_sweep``)."""
     fill_masked_(S, mask, float("-inf"))
+    St = patch_major_view(S)
+    if St is not None and scratch.numel() >= (k + 1) * St.shape[0] * St.shape[2]:
+        return _top_k_patch_major(S, St, k, grad, scratch)
     W = torch.zeros_like(S) if grad else None
     if topk_is_faster(S, k):
         phi = top_k_mean_sorted(S, k, W)

@@ -24,16 +24,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_positive_float, check_positive_int, check_tensor
-from .kernels import (
-    Pooled,
-    concat_parts,
-    fill_masked,
-    fill_masked_,
-    largest,
-    top_k_block,
-    top_of_parts,
-    valid_count,
-)
+from .kernels import Pooled, concat_parts, fill_masked, fill_masked_, largest, top_k_block, top_of_parts, valid_count
 
 _REGISTRY: dict[str, Callable[[str | None], Pooling]] = {}
 
@@ -120,6 +111,14 @@ class Pooling:
         """
         return self.reference_block(S, mask, grad)
 
+    def patch_major(self, grad: bool) -> bool:
+        """Whether ``block`` is fastest on S stored patch-major (``kernels.similarity_block``); same numbers."""
+        return False
+
+    def cache_entries(self, R: int, M: int) -> int:
+        """Similarities per document (R tokens, M patches) ``block`` keeps in cache: ``score_matrix``'s block size."""
+        return R * M
+
     def reference_block(self, S: Tensor, mask: Tensor | None, grad: bool) -> Pooled:
         """The definition on any block S [..., T, M]: (``pool_tokens``, ``jacobian`` when ``grad``). S unchanged."""
         return self.pool_tokens(S, mask), self.jacobian(S, mask) if grad else None
@@ -163,6 +162,9 @@ class MaxSim(Pooling):
         if grad:  # the Top-1 kernel: W one-hot, None on a tie (the reference then takes the first index)
             return top_k_block(S, mask, 1, grad, scratch)
         return fill_masked_(S, mask, float("-inf")).amax(-1), None
+
+    def patch_major(self, grad: bool) -> bool:
+        return grad  # W from one comparison per patch row; without a gradient, amax over contiguous patches
 
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, 1)
@@ -218,6 +220,13 @@ class TopK(Pooling):
 
     def block(self, S: Tensor, mask: Tensor | None, grad: bool, scratch: Tensor) -> Pooled | None:
         return top_k_block(S, mask, min(self.k, S.shape[-1]), grad, scratch)
+
+    def patch_major(self, grad: bool) -> bool:
+        return True
+
+    def cache_entries(self, R: int, M: int) -> int:
+        # the sweep (kernels.top_k_sweep) keeps k + 1 rows in cache: larger blocks, fewer elementwise calls
+        return R * min(M, self.k + 1)
 
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, self.k)

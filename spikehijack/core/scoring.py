@@ -16,6 +16,7 @@ from torch import Tensor
 from .checks import check_mask, check_tensor
 from .fused import fused_scores, resolve_backend
 from .kernels import (
+    SCRATCH_KEEP_ELEMENTS,
     block_size,
     document_blocks,
     pooled_dtype,
@@ -91,7 +92,7 @@ def _pool_documents(p: Pooling, Dc: Tensor, Q: Tensor, m: Tensor | None, grad: b
         return p.pool_tokens(similarity_block(Dc, q).view(n, Nq, T, -1), m)
 
     def block() -> Tensor:  # S [n, Nq, T, M], written into buf[0]
-        return similarity_block(Dc, q, buf[0, :n]).view(n, Nq, T, -1)
+        return similarity_block(Dc, q, buf[0, :n], p.patch_major(grad)).view(n, Nq, T, -1)
 
     with torch.no_grad():
         pooled = p.block(block(), m, grad, buf[1, :n].view(n, Nq, T, -1))
@@ -129,7 +130,9 @@ def score_matrix(
     Nq, T, _ = Q.shape
     Nd, M, _ = D.shape
     grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
-    step = block_size(Nd, Nq * T * M, Q.device, chunk_size)
+    step = block_size(Nd, p.cache_entries(Nq * T, M), Q.device, chunk_size)
+    if chunk_size is None:  # and within the scratch kept between calls (fresh pages cost as much as the GEMM)
+        step = min(step, max(1, SCRATCH_KEEP_ELEMENTS // (2 * Nq * T * M)))
     buf = scratch((2, step, Nq * T, M), pooled_dtype(Q.dtype), Q.device)  # the block and its kernel's scratch
     out = []
     for docs in document_blocks(Nd, Nq * T * M, Q.device, step):

@@ -183,6 +183,7 @@ class _MiniLM:
                    "max_length": self.max_length, "kind": self.kind, "dtype": str(self.dtype)}
             self.cache = EmbeddingCache(cache_dir or default_cache_dir(), self.kind, key)
         self.n_encoded = 0  # texts sent through the model by this object (cache misses)
+        self._memo: dict[str, np.ndarray] = {}  # without the disk cache: what this object encoded
 
     def _load(self) -> None:
         if self._model is not None:
@@ -231,12 +232,14 @@ class _MiniLM:
                 raise ValueError(f"{what}[{i}] must be a non-empty list of phrases, got {item!r}")
 
     def encode_texts(self, texts: Sequence[str]) -> list[Tensor]:
-        """One [n_i, dim] tensor per text (n_i = 1 for phrases); each unique text is encoded once."""
+        """One [n_i, dim] tensor per text (n_i = 1 for phrases); each unique text is encoded once (per object
+        without the disk cache)."""
         texts = [str(t) for t in texts]
         if self.cache is None:
-            uniq = list(dict.fromkeys(texts))
-            table = dict(zip(uniq, self._encode(uniq), strict=True))
-            return [torch.from_numpy(table[t]) for t in texts]
+            todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
+            if todo:
+                self._memo.update(zip(todo, self._encode(todo), strict=True))
+            return [torch.from_numpy(self._memo[t]) for t in texts]
         todo = self.cache.missing(texts)
         if todo:
             self.cache.add(todo, self._encode(todo))
