@@ -6,7 +6,8 @@ Sections, all float32 on identical inputs within one run:
           GEMM's flop count and the rate it implies
   memory  peak extra RSS of ``score_matrix`` with and without ``chunk_size`` (a fresh subprocess per row)
   train   steps/s of one synthetic InfoNCE training step (B=64, T=16, d=16), forward plus backward
-  select  Top-k inside one cache-sized block: kernels.top_k_mean (passes of amax) against torch.topk
+  select  Top-k inside one cache-sized block: kernels.top_k_mean (passes of amax) and kernels.top_k_sweep (the
+          patch-major sweep) against torch.topk
   poolings  every pooling, robust ones included, on the three paths scoring takes: score_matrix without and
           with a gradient, score_with_injection (``pooling_rows`` times any spec or Pooling object)
   grid    the paper-profile main grid (3 poolings x 4 lengths x 5 seeds, one stack per length) trained on the
@@ -39,7 +40,7 @@ from spikehijack import io
 from spikehijack.core.device import resolve_device
 from spikehijack.core.fused import resolve_backend
 from spikehijack.core.inject import score_with_injection, spike_patches
-from spikehijack.core.kernels import block_budget, top_k_mean
+from spikehijack.core.kernels import SCRATCH_KEEP_ELEMENTS, block_budget, top_k_mean, top_k_sweep
 from spikehijack.core.pooling import Pooling, parse_pooling
 from spikehijack.core.robust import robust_poolings
 from spikehijack.core.scoring import auto_chunk_size, score_matrix
@@ -216,18 +217,30 @@ def _reference_top_k(S: torch.Tensor, k: int) -> torch.Tensor:
     return S.topk(k, dim=-1, sorted=False).values.mean(-1)
 
 
+def _sweep_top_k(St: torch.Tensor, work: torch.Tensor, k: int) -> torch.Tensor:
+    return top_k_sweep(St, k, work).sum(0) / k  # the patch-major kernel's k running rows (St unchanged)
+
+
 def selection_rows(runs: int, lengths=(32, 64, 128, 256), ks=(1, 4, 16), rows: int = 1024) -> pd.DataFrame:
-    """Mean of the top k per row of S [n, rows, M] (a cache-sized block, as score_matrix pools it):
-    ``top_k_mean`` (including the copy it needs, since it overwrites S) against ``torch.topk``."""
+    """Mean of the top k per row, ns per similarity: ``top_k_mean`` (passes of amax, including the copy it needs,
+    since it overwrites S) and ``torch.topk`` on a cache-sized block S [n, rows, M], the patch-major sweep
+    ``top_k_sweep`` on a block stored [n', M, rows] and sized as ``score_matrix`` sizes Top-k's blocks
+    (``TopK.cache_entries``: k + 1 rows per document in cache); speedups are per similarity against topk."""
     out = []
     for M in lengths:
         S = torch.randn(max(1, block_budget("cpu") // (rows * M)), rows, M, generator=torch.Generator().manual_seed(M))
         work, hit = torch.empty_like(S), torch.empty_like(S)
         for k in (k for k in ks if k <= M):
-            ours, _ = timed(partial(_fresh_top_k, S, work, hit, k), runs)
-            ref, _ = timed(partial(_reference_top_k, S, k), runs)
-            out.append(dict(M=M, k=k, entries=S.numel(), ours_ms=1e3 * ours, topk_ms=1e3 * ref,
-                            speedup=ref / ours, ns_per_entry=1e9 * ours / S.numel()))
+            n = max(1, min(block_budget("cpu") // parse_pooling(f"topk:{k}").cache_entries(rows, M),
+                           SCRATCH_KEEP_ELEMENTS // (2 * rows * M)))
+            St = torch.randn(n, M, rows, generator=torch.Generator().manual_seed(M))
+            ns = {name: 1e9 * timed(fn, runs)[0] / x.numel() for name, fn, x in (
+                ("passes", partial(_fresh_top_k, S, work, hit, k), S),
+                ("sweep", partial(_sweep_top_k, St, torch.empty_like(St), k), St),
+                ("topk", partial(_reference_top_k, S, k), S))}
+            out.append(dict(M=M, k=k, entries=S.numel(), sweep_entries=St.numel(), passes_ns=ns["passes"],
+                            sweep_ns=ns["sweep"], topk_ns=ns["topk"], passes_speedup=ns["topk"] / ns["passes"],
+                            sweep_speedup=ns["topk"] / ns["sweep"]))
     return pd.DataFrame(out)
 
 
@@ -447,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         show("train: one InfoNCE step, forward + backward + Adam (B = 64, T = 16, d = 16)",
              train_rows([32, 128] if args.quick else [32, 64, 128, 256], runs), out / "train.csv")
     if "select" in sections:
-        show("select: mean of the top k per row in one cache-sized block (speedup = topk / ours)",
+        show("select: mean of the top k per row in one cache-sized block (speedup = topk / kernel)",
              selection_rows(runs, (32, 256) if args.quick else (32, 64, 128, 256)), out / "select.csv")
     if "poolings" in sections:
         size = dict(T=16, N=40, M=64, Nq=2, K=16) if args.quick else {}
