@@ -22,6 +22,7 @@ Tables are printed and written to build/bench/*.csv. ``--quick`` is a smoke run 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -184,7 +185,7 @@ class _Normalize(torch.nn.Module):
 
 
 def train_step(enc: torch.nn.Module, opt: torch.optim.Optimizer, xq: torch.Tensor, xd: torch.Tensor,
-               spec: str) -> None:
+               spec: str | Pooling) -> None:
     """In-batch InfoNCE (positives on the diagonal, temperature 0.05): forward, backward, Adam step."""
     Z = score_matrix(enc(xq), enc(xd), spec)
     loss = torch.nn.functional.cross_entropy(Z / 0.05, torch.arange(Z.shape[0]))
@@ -193,19 +194,29 @@ def train_step(enc: torch.nn.Module, opt: torch.optim.Optimizer, xq: torch.Tenso
     opt.step()
 
 
+def token_major(spec: str) -> Pooling:
+    """The pooling of ``spec`` on token-major blocks sized by the whole block (for Top-k: the passes of
+    ``top_k_mean``), the layout before the patch-major sweep: same numbers, the side-by-side baseline."""
+    base = type(parse_pooling(spec))
+    cls = type(f"TokenMajor{base.__name__}", (base,), {"patch_major": lambda self, grad: False,
+                                                        "cache_entries": lambda self, R, M: R * M})
+    return cls(**{f.name: getattr(parse_pooling(spec), f.name) for f in dataclasses.fields(base)})
+
+
 def train_rows(lengths, runs: int, B: int = 64, T: int = 16, d: int = 16) -> pd.DataFrame:
+    """One training step per pooling and length; MaxSim and Top-k also on token-major blocks (``token_major``)."""
     rows = []
     for M in lengths:
         for spec in POOLINGS:
-            enc, which = _encoder()
-            opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
-            g = torch.Generator().manual_seed(M)
-            xq, xd = torch.randn(B, T, d, generator=g), torch.randn(B, M, d, generator=g)
-
-            step = partial(train_step, enc, opt, xq, xd, spec)
-            med, best = timed(step, runs)
-            rows.append(dict(B=B, T=T, M=M, d=d, pooling=spec, encoder=which, median_ms=1e3 * med,
-                             min_ms=1e3 * best, steps_per_s=1 / med))
+            for layout in ("own", "token-major") if parse_pooling(spec).patch_major(True) else ("own",):
+                enc, which = _encoder()
+                opt = torch.optim.Adam(enc.parameters(), lr=1e-3)
+                g = torch.Generator().manual_seed(M)
+                xq, xd = torch.randn(B, T, d, generator=g), torch.randn(B, M, d, generator=g)
+                p = parse_pooling(spec) if layout == "own" else token_major(spec)
+                med, best = timed(partial(train_step, enc, opt, xq, xd, p), runs)
+                rows.append(dict(B=B, T=T, M=M, d=d, pooling=spec, layout=layout, encoder=which,
+                                 median_ms=1e3 * med, min_ms=1e3 * best, steps_per_s=1 / med))
     return pd.DataFrame(rows)
 
 
