@@ -6,8 +6,8 @@ Sections, all float32 on identical inputs within one run:
           GEMM's flop count and the rate it implies
   memory  peak extra RSS of ``score_matrix`` with and without ``chunk_size`` (a fresh subprocess per row)
   train   steps/s of one synthetic InfoNCE training step (B=64, T=16, d=16), forward plus backward
-  select  Top-k inside one cache-sized block: kernels.top_k_mean (passes of amax) and kernels.top_k_sweep (the
-          patch-major sweep) against torch.topk
+  select  Top-k inside one cache-sized block: kernels.top_k_tournament (on the block stored patch-major) against
+          torch.topk (the token-major kernel)
   poolings  every pooling, robust ones included, on the three paths scoring takes: score_matrix without and
           with a gradient, score_with_injection (``pooling_rows`` times any spec or Pooling object)
   grid    the paper-profile main grid (3 poolings x 4 lengths x 5 seeds, one stack per length) trained on the
@@ -41,7 +41,7 @@ from spikehijack import io
 from spikehijack.core.device import resolve_device
 from spikehijack.core.fused import resolve_backend
 from spikehijack.core.inject import score_with_injection, spike_patches
-from spikehijack.core.kernels import SCRATCH_KEEP_ELEMENTS, block_budget, top_k_mean, top_k_sweep
+from spikehijack.core.kernels import block_budget, top_k_tournament
 from spikehijack.core.pooling import Pooling, parse_pooling
 from spikehijack.core.robust import robust_poolings
 from spikehijack.core.scoring import auto_chunk_size, score_matrix
@@ -195,11 +195,10 @@ def train_step(enc: torch.nn.Module, opt: torch.optim.Optimizer, xq: torch.Tenso
 
 
 def token_major(spec: str) -> Pooling:
-    """The pooling of ``spec`` on token-major blocks sized by the whole block (for Top-k: the passes of
-    ``top_k_mean``), the layout before the patch-major sweep: same numbers, the side-by-side baseline."""
+    """The pooling of ``spec`` on token-major blocks (for Top-k: ``torch.topk``), the layout before the patch-major
+    kernels: same numbers, the side-by-side baseline."""
     base = type(parse_pooling(spec))
-    cls = type(f"TokenMajor{base.__name__}", (base,), {"patch_major": lambda self, grad: False,
-                                                        "cache_entries": lambda self, R, M: R * M})
+    cls = type(f"TokenMajor{base.__name__}", (base,), {"patch_major": lambda self, grad: False})
     return cls(**{f.name: getattr(parse_pooling(spec), f.name) for f in dataclasses.fields(base)})
 
 
@@ -220,38 +219,28 @@ def train_rows(lengths, runs: int, B: int = 64, T: int = 16, d: int = 16) -> pd.
     return pd.DataFrame(rows)
 
 
-def _fresh_top_k(S: torch.Tensor, work: torch.Tensor, hit: torch.Tensor, k: int) -> torch.Tensor | None:
-    return top_k_mean(work.copy_(S), k, hit)  # top_k_mean overwrites its block
-
-
 def _reference_top_k(S: torch.Tensor, k: int) -> torch.Tensor:
     return S.topk(k, dim=-1, sorted=False).values.mean(-1)
 
 
-def _sweep_top_k(St: torch.Tensor, work: torch.Tensor, k: int) -> torch.Tensor:
-    return top_k_sweep(St, k, work).sum(0) / k  # the patch-major kernel's k running rows (St unchanged)
+def _tournament_top_k(St: torch.Tensor, work: torch.Tensor, k: int) -> torch.Tensor:
+    """The patch-major kernel's selection (St [n, M, rows] unchanged): amax for k = 1, else the tournament."""
+    return St.amax(1) if k == 1 else top_k_tournament(St, k, work).sum(0) / k
 
 
 def selection_rows(runs: int, lengths=(32, 64, 128, 256), ks=(1, 4, 16), rows: int = 1024) -> pd.DataFrame:
-    """Mean of the top k per row, ns per similarity: ``top_k_mean`` (passes of amax, including the copy it needs,
-    since it overwrites S) and ``torch.topk`` on a cache-sized block S [n, rows, M], the patch-major sweep
-    ``top_k_sweep`` on a block stored [n', M, rows] and sized as ``score_matrix`` sizes Top-k's blocks
-    (``TopK.cache_entries``: k + 1 rows per document in cache); speedups are per similarity against topk."""
+    """Mean of the top k per row, ns per similarity, in one cache-sized block (the size ``score_matrix`` gives it):
+    ``torch.topk`` on S [n, rows, M] against ``top_k_tournament`` on the same block stored patch-major
+    [n, M, rows] (amax for k = 1); speedup = topk / tournament."""
     out = []
     for M in lengths:
         S = torch.randn(max(1, block_budget("cpu") // (rows * M)), rows, M, generator=torch.Generator().manual_seed(M))
-        work, hit = torch.empty_like(S), torch.empty_like(S)
+        St, work = S.transpose(1, 2).contiguous(), torch.empty_like(S)
         for k in (k for k in ks if k <= M):
-            n = max(1, min(block_budget("cpu") // parse_pooling(f"topk:{k}").cache_entries(rows, M),
-                           SCRATCH_KEEP_ELEMENTS // (2 * rows * M)))
-            St = torch.randn(n, M, rows, generator=torch.Generator().manual_seed(M))
-            ns = {name: 1e9 * timed(fn, runs)[0] / x.numel() for name, fn, x in (
-                ("passes", partial(_fresh_top_k, S, work, hit, k), S),
-                ("sweep", partial(_sweep_top_k, St, torch.empty_like(St), k), St),
-                ("topk", partial(_reference_top_k, S, k), S))}
-            out.append(dict(M=M, k=k, entries=S.numel(), sweep_entries=St.numel(), passes_ns=ns["passes"],
-                            sweep_ns=ns["sweep"], topk_ns=ns["topk"], passes_speedup=ns["topk"] / ns["passes"],
-                            sweep_speedup=ns["topk"] / ns["sweep"]))
+            ns = {name: 1e9 * timed(fn, runs)[0] / S.numel() for name, fn in (
+                ("tournament", partial(_tournament_top_k, St, work, k)), ("topk", partial(_reference_top_k, S, k)))}
+            out.append(dict(M=M, k=k, entries=S.numel(), tournament_ns=ns["tournament"], topk_ns=ns["topk"],
+                            speedup=ns["topk"] / ns["tournament"]))
     return pd.DataFrame(out)
 
 

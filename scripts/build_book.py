@@ -5,8 +5,8 @@
    profile"); notebooks are never executed;
 2. draw the claims figure (``plots.plot_claims``) of each profile's claims.csv to a PNG for the landing page;
 3. write the landing page's numbers (verdict counts, a per-claim table, headline estimates) as MyST
-   substitutions into the staged _config.yml: generated from reports/quick/claims.csv (and reports/paper/claims.csv
-   where it exists), never typed by hand;
+   substitutions into the staged _config.yml: generated from reports/quick/claims.csv (and
+   reports/paper/tables/claims.csv where it exists), never typed by hand;
 4. copy MathJax 3 (the django-static-mathjax wheel, a pip dependency of the ``book`` extra) into _static so math
    renders with no network, then run ``jupyter-book build`` and move its HTML to build/html.
 
@@ -34,6 +34,7 @@ import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from spikehijack.io import REPORTS  # noqa: E402
 from spikehijack.reporting import claims as registry  # noqa: E402
 from spikehijack.reporting import plots  # noqa: E402
 
@@ -174,20 +175,20 @@ def main() -> None:
     shutil.copy(ROOT / "book" / "paper_index.md", src / "paper" / "index.md")
     for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         stage_notebook(nb, src / "chapters" / nb.name)
-    for nb in sorted((ROOT / "reports" / "paper").glob("[0-9][0-9]_*.ipynb")):
+    for nb in sorted((ROOT / REPORTS["paper"]).glob("[0-9][0-9]_*.ipynb")):
         stage_notebook(nb, src / "paper" / nb.name, suffix="(paper profile)")
 
-    quick = render_claims(ROOT / "reports" / "quick" / "claims.csv", src / "claims_quick.png")
+    quick = render_claims(ROOT / REPORTS["quick"] / "claims.csv", src / "claims_quick.png")
     subs = {"quick_answer": counts_sentence(quick),
             "quick_headline": headline(quick) + "\n\n" + claims_table(quick)}
-    paper_csv = ROOT / "reports" / "paper" / "claims.csv"
+    paper_csv = ROOT / REPORTS["paper"] / "tables" / "claims.csv"
     if paper_csv.exists():
         paper = render_claims(paper_csv, src / "paper" / "claims_paper.png")
         shutil.copy(src / "paper" / "claims_paper.png", src / "claims_paper.png")
         subs["paper_answer"] = (f"**Answer (paper profile).** {counts_sentence(paper)}\n\n"
                                 "![Claims of the paper profile: estimates, intervals and verdicts](claims_paper.png)")
     else:
-        subs["paper_answer"] = ("The paper profile's claims table (`reports/paper/claims.csv`) has not been "
+        subs["paper_answer"] = ("The paper profile's claims table (`reports/paper/tables/claims.csv`) has not been "
                                 "written by the claims registry yet (`make paper` writes it); its executed "
                                 "notebooks are in the paper-profile part, their verdicts under the old rules.")
     config = yaml.safe_load((src / "_config.yml").read_text())

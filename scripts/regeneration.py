@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spikehijack.io import REPO_ROOT, write_csv
+from spikehijack.io import REPO_ROOT, REPORTS, write_csv
 from spikehijack.reporting.regeneration import compare_tables, spread
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path, help="folders written by scripts/run_code_path.sh")
     ap.add_argument("--out", type=Path, help="write the spread table here (CSV)")
-    ap.add_argument("--committed", type=Path, default=REPO_ROOT / "reports" / "quick")
+    ap.add_argument("--committed", type=Path, default=REPO_ROOT / REPORTS["quick"])
     args = ap.parse_args(argv)
     tables = [r / "results" / "quick" for r in args.runs]
     labels = [r.name for r in args.runs]

@@ -23,7 +23,7 @@ from spikehijack.chapters import ch04_views as views
 from spikehijack.chapters import ch06_report as ch06
 from spikehijack.runner.groups import grid_configs
 
-TABLES = io.REPO_ROOT / "reports" / "paper" / "tables"
+TABLES = io.REPO_ROOT / io.REPORTS["paper"] / "tables"
 SENSITIVITY = io.REPO_ROOT / "notebooks" / "data" / "synthetic_sensitivity.csv"
 #: Columns of injection tables written before one definition of hijacking (hijack was the selection mass).
 RENAMED = {"argmax_shift": "hijack_rate", "hijack": "selection_mass"}
@@ -46,13 +46,10 @@ def main() -> None:
     c04 = ch04.claims_table(gi, list(gi["pooling"].unique()), read("real_length_sweep_04.csv"), inj, softmax,
                             where="04 real (HPO-Dx, MaxSim head)")
     if (TABLES / "real_view_injection_04.csv").exists():  # notebook 04's section 8, the token view
-        vinj, vgi = read("real_view_injection_04.csv"), read("real_view_gini_04.csv")
-        vsm = next(s for s in vinj[vinj["kind"] == "gaussian"]["spec"].unique() if s.startswith("softmax"))
+        vinj = read("real_view_injection_04.csv").rename(columns=RENAMED)
         view = vinj["task"].iloc[0]
-        c04 = pd.concat([c04, ch04.claims_table(vgi, list(vgi["pooling"].unique()),
-                                                read("real_view_length_sweep_04.csv"), vinj, vsm,
-                                                where=f"04 real ({view}, zero-shot)", world=views.VIEWS[view][0])],
-                        ignore_index=True)
+        vclaims = views.view_claims(view, read("real_view_gini_04.csv"), read("real_view_length_sweep_04.csv"), vinj)
+        c04 = pd.concat([c04, vclaims], ignore_index=True)
     for name, table in (("claims_02.csv", c02), ("claims_03.csv", c03), ("claims_04.csv", c04)):
         io.write_csv(table, TABLES / name)
     path = ch06.write_claims(ch06.stack_claims(TABLES), TABLES / "claims.csv")

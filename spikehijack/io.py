@@ -20,6 +20,9 @@ import numpy as np
 import pandas as pd
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The tracked reports of each profile, relative to the repository: the quick profile's result tables and
+#: the paper profile's notebooks, with its tables under ``tables/`` and its trained runs under ``cache/``.
+REPORTS = {"quick": Path("reports") / "quick", "paper": Path("reports") / "paper"}
 
 
 @contextmanager
@@ -108,7 +111,7 @@ def cache_dir(name: str, profile: str = "quick") -> Path:
     trained weights and per-run tables are small, and a later change of analysis re-evaluates them without
     retraining."""
     if profile == "paper":
-        return REPO_ROOT / "reports" / "paper" / "cache" / name
+        return REPO_ROOT / REPORTS["paper"] / "cache" / name
     return results_root() / "cache" / name
 
 
@@ -116,7 +119,7 @@ def results_dir(profile: str, root: str | os.PathLike | None = None) -> Path:
     """Where a notebook writes its result tables: ``results/<profile>/`` (quick; under ``results_root()``) or
     ``reports/paper/tables``; ``root`` replaces the repository root."""
     if profile == "paper":
-        path = (Path(root) if root is not None else REPO_ROOT) / "reports" / "paper" / "tables"
+        path = (Path(root) if root is not None else REPO_ROOT) / REPORTS["paper"] / "tables"
     else:
         path = (Path(root) / "results" if root is not None else results_root()) / profile
     path.mkdir(parents=True, exist_ok=True)

@@ -118,8 +118,7 @@ def test_notebook04_vidore_switch(enc, tmp_path):
     path = colqwen.embed_beir(enc, data, tmp_path / "emb.npz")
     task, val = views.second_view("vidore-biomed", embeddings=path)
     assert val is None and task.name == "vidore-biomed"
-    world, _ = views.VIEWS["vidore-biomed"]
-    ev = views.view_evidence(task, 0.1, Ks=[0, 2], factors=[1, 2], K=2, spike_size=2, world=world)
+    ev = views.view_evidence(task, 0.1, Ks=[0, 2], factors=[1, 2], K=2, spike_size=2)
     assert set(ev.claims["world"]) == {"real ViDoRe"} and len(ev.injection) > 0
 
 

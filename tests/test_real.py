@@ -218,12 +218,12 @@ def test_token_view_neutral_pool_excludes_query_and_gold_phrases(H):
 
 def test_view_evidence_and_compare_views():
     task = random_task(nq=12, nd=30, d=8, seed=7)
-    ev = views.view_evidence(task, 0.1, Ks=[0, 5], factors=[1, 2], K=5, spike_size=2, world="real tokens")
-    assert set(ev.claims["world"]) == {"real tokens"} and set(ev.claims["claim"]) >= {"1", "4", "5", "6", "7", "8"}
+    ev = views.view_evidence(task, 0.1, Ks=[0, 5], factors=[1, 2], K=5, spike_size=2)
+    assert set(ev.claims["world"]) == {"real rand"} and set(ev.claims["claim"]) >= {"1", "4", "5", "6", "7", "8"}
     assert set(ev.injection.spec) == {"maxsim", "topk:4", "softmax:0.1", "topk:1", "topk:16"}
     other = ev.claims.assign(world="real", link=ev.claims["link"].str.replace("τ=0.1", "τ=0.05"))
     both = views.compare_views(other, ev.claims)
-    assert list(both.columns) == ["real", "real tokens"] and not both.isna().any().any()
+    assert list(both.columns) == ["real", "real rand"] and not both.isna().any().any()
 
 
 def test_second_view_names_its_choices(tmp_path):

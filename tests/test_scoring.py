@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spikehijack.core.kernels import top_k_mean, top_k_mean_sorted
+from spikehijack.core.kernels import top_k_mean_sorted, top_k_tournament
 from spikehijack.core.pooling import parse_pooling
 from spikehijack.core.scoring import pad, score_matrix, score_pairs, similarities
 
@@ -197,24 +197,18 @@ def test_gradients_equal_autograd_through_the_definitions(shape, seed, spec, chu
 
 @settings(max_examples=60)
 @given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 12), seeds, st.booleans())
-def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties):
-    """kernels.top_k_mean: the mean of the k largest (ties counted once each), its selection weights, and None
-    exactly when a row has fewer than k real patches (or, with weights, when a tie makes the choice ambiguous)."""
-
-    g = torch.Generator().manual_seed(seed)
-    S = torch.randn(rows, M, generator=g, dtype=torch.float64)
-    if ties:  # few distinct values: ties everywhere
-        S = torch.round(S * 2) / 2
-    S = S.masked_fill(torch.rand(rows, M, generator=g) < 0.2, float("-inf"))
-    k = min(k, M)
+def test_sorted_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties):
+    """kernels.top_k_mean_sorted: the mean of the k largest (ties counted once each), its selection weights, and
+    None exactly when a row has fewer than k real patches (or, with weights, when a tie makes the choice ambiguous)."""
+    S, k = _tied_block(rows, M, k, seed, ties)
     real = torch.isfinite(S).sum(-1)
-    got = top_k_mean(S.clone(), k, torch.empty_like(S))
+    got = top_k_mean_sorted(S, k)
     if bool((real < k).any()):
         assert got is None
         return
     torch.testing.assert_close(got, S.topk(k, -1).values.mean(-1), rtol=1e-12, atol=1e-12)
     W = torch.zeros_like(S)
-    with_weights = top_k_mean(S.clone(), k, torch.empty_like(S), W)
+    with_weights = top_k_mean_sorted(S, k, W)
     ref_W = parse_pooling("maxsim" if k == 1 else f"topk:{k}").jacobian(S)
     unique = bool((S.sort(-1, descending=True).values[:, : k + 1].diff(dim=-1) != 0).all())
     if with_weights is None:
@@ -224,22 +218,24 @@ def test_fast_top_k_equals_torch_topk_with_ties_and_masks(rows, M, k, seed, ties
 
 
 @settings(max_examples=60)
-@given(st.integers(1, 6), st.integers(1, 40), st.integers(1, 12), seeds, st.booleans())
-def test_both_top_k_strategies_give_the_same_bits(rows, M, k, seed, ties):
-    """The amax passes and torch.topk (chosen per machine by speed) add the same values in the same order: equal
-    values, weights and None cases, so the choice never changes a number."""
+@given(st.integers(1, 6), st.integers(2, 40), st.integers(2, 12), seeds, st.booleans())
+def test_tournament_gives_the_k_largest_in_order(rows, M, k, seed, ties):
+    """kernels.top_k_tournament on a patch-major block St [n, M, R]: exactly torch.topk's sorted values (ties and
+    -inf kept as often as they occur) for any M, odd or even, and St unchanged."""
+    S, k = _tied_block(rows * 3, M, k, seed, ties)
+    St = S.view(rows, 3, M).transpose(1, 2).contiguous()  # [n = rows, M, R = 3]
+    before = St.clone()
+    got = top_k_tournament(St, k, torch.empty(St.numel(), dtype=St.dtype))
+    assert torch.equal(got, St.topk(k, dim=1).values.movedim(1, 0))
+    assert torch.equal(St, before)
+
+
+def _tied_block(rows: int, M: int, k: int, seed: int, ties: bool) -> tuple[torch.Tensor, int]:
+    """S [rows, M] (float64, about 20 % masked to -inf; with ``ties`` few distinct values) and min(k, M)."""
     g = torch.Generator().manual_seed(seed)
     S = torch.randn(rows, M, generator=g, dtype=torch.float64)
-    if ties:
+    if ties:  # few distinct values: ties everywhere
         S = torch.round(S * 2) / 2
-    S = S.masked_fill(torch.rand(rows, M, generator=g) < 0.2, float("-inf"))
-    k = min(k, M)
-    for with_weights in (False, True):
-        Wa, Wb = (torch.zeros_like(S), torch.zeros_like(S)) if with_weights else (None, None)
-        a = top_k_mean(S.clone(), k, torch.empty_like(S), Wa)
-        b = top_k_mean_sorted(S, k, Wb)
-        assert (a is None) == (b is None)
-        if a is not None and (with_weights or not ties):  # tied values: top_k_mean adds count x value at once
-            assert torch.equal(a, b)
-            if with_weights:
-                assert torch.equal(Wa, Wb)
+    return S.masked_fill(torch.rand(rows, M, generator=g) < 0.2, float("-inf")), min(k, M)
+
+

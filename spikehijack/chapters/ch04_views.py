@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.pooling import parse_pooling
 from ..worlds.tasks import RealTask, build_hpo_dx
 from .ch04_real import claims_table, evaluate, gold_pair_gini, injection_experiment, length_sweep
 
@@ -64,14 +63,25 @@ class ViewEvidence:
     claims: pd.DataFrame
 
 
+def view_claims(view: str, gi: pd.DataFrame, sweep: pd.DataFrame, inj: pd.DataFrame, K: int = 100) -> pd.DataFrame:
+    """Claims 1 and 4-8 of a view (a task name) from its tables (``claims_table``): the Gini ordering as ``gi``
+    lists its poolings, softmax the one softmax spec of ``inj``, the world from ``VIEWS`` ("real <view>" for a
+    task of your own), where "04 real (<view>, zero-shot)". Notebook 04 and ``scripts/rejudge_paper.py`` both
+    judge a view by it."""
+    softmax = next(s for s in inj["spec"].unique() if s.startswith("softmax"))
+    world = VIEWS[view][0] if view in VIEWS else f"real {view}"
+    return claims_table(gi, list(gi["pooling"].unique()), sweep, inj, softmax, K=K,
+                        where=f"04 real ({view}, zero-shot)", world=world)
+
+
 def view_evidence(task: RealTask, tau: float, Ks: Sequence[int], factors: Sequence[int], K: int = 100,
-                  spike_size: int = 4, seed: int = 0, world: str = "real tokens", where: str = "04 real",
-                  gini_batch: int = 32, progress: bool = False) -> ViewEvidence:
+                  spike_size: int = 4, seed: int = 0, gini_batch: int = 32, progress: bool = False) -> ViewEvidence:
     """Notebook 04's protocol on ``task`` with softmax at ``tau``: quality of MaxSim, Top-1/4/5/16 and softmax;
     gold-pair Gini of MaxSim, Top-5, softmax in the pair reading (which does not depend on the batch: in-batch
     InfoNCE batches of ``gini_batch`` pairs, as one batch of every pair would be a [Nq, Nq, T, M] block);
     the neutral length sweep by ``factors``; spike and Gaussian
-    injection of ``Ks`` patches (Top-1 and Top-16 at ``K``); claims 1 and 4-8 (``claims_table``)."""
+    injection of ``Ks`` patches (Top-1 and Top-16 at ``K``); claims 1 and 4-8 (``view_claims``, ``task.name`` the
+    view)."""
     sm = f"softmax:{tau:g}"
     main = ["maxsim", "topk:4", sm]
     quality = evaluate(task, ["maxsim", "topk:1", "topk:4", "topk:5", "topk:16", sm])
@@ -82,9 +92,7 @@ def view_evidence(task: RealTask, tau: float, Ks: Sequence[int], factors: Sequen
     inj = pd.concat([injection_experiment(task, main, Ks, spike_size=spike_size, seed=seed, progress=progress),
                      injection_experiment(task, ["topk:1", "topk:16"], [0, K], kinds=("spike",),
                                           spike_size=spike_size, seed=seed)], ignore_index=True)
-    order = [parse_pooling(p).label for p in gspecs]
-    table = claims_table(gi, order, sweep, inj, sm, K=K, where=where, world=world)
-    return ViewEvidence(task.name, float(tau), quality, gi, sweep, inj, table)
+    return ViewEvidence(task.name, float(tau), quality, gi, sweep, inj, view_claims(task.name, gi, sweep, inj, K))
 
 
 def compare_views(*tables: pd.DataFrame) -> pd.DataFrame:

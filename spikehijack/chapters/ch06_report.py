@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import REPO_ROOT, atomic_write, results_dir, write_csv
+from ..io import REPO_ROOT, REPORTS, atomic_write, results_dir, write_csv
 from ..reporting import claims
 
 #: README markers per profile: the quick block (``make reproduce``) and the paper block (``make paper``).
@@ -27,7 +27,7 @@ MARKERS = {"quick": ("<!-- results:start -->", "<!-- results:end -->"),
            "paper": ("<!-- paper-results:start -->", "<!-- paper-results:end -->")}
 START, END = MARKERS["quick"]
 #: Where each profile's claims tables are tracked in git (the README is generated from these).
-TRACKED = {"quick": REPO_ROOT / "reports" / "quick", "paper": REPO_ROOT / "reports" / "paper" / "tables"}
+TRACKED = {"quick": REPO_ROOT / REPORTS["quick"], "paper": REPO_ROOT / REPORTS["paper"] / "tables"}
 _INTRO = {
     "quick": "Quick profile (`make reproduce`, CPU). Paper: the number the paper reports; ours: mean with its 95 % "
              "confidence interval; the full report with figures is "
@@ -253,7 +253,7 @@ def sync_tables(src: str | os.PathLike | None = None, dst: str | os.PathLike | N
     Tables of dst without a counterpart in src are kept (a chapter not rerun keeps its last table).
     """
     src = Path(src) if src is not None else results_dir("quick")
-    dst = Path(dst) if dst is not None else REPO_ROOT / "reports" / "quick"
+    dst = Path(dst) if dst is not None else TRACKED["quick"]
     dst.mkdir(parents=True, exist_ok=True)
     out = []
     for path in sorted(src.glob("*.csv")):

@@ -3,9 +3,9 @@
 A *similarity block* holds every query token against every patch of a few documents: S [n, Nq, T, M], a free
 view of the ``bmm`` output [n, Nq * T, M] (``similarity_block``), with the patch mask [n, 1, 1, M] (True = real
 patch). Poolings pool such blocks in place (``Pooling.block``); this module holds what their kernels share (the
-CPU scratch, the Top-k passes and sweep) and the one rule that sizes blocks on every device (``block_size``,
-``document_blocks``). A pooling that sweeps patches (``Pooling.patch_major``: Top-k) gets the same S
-as a view of patch-major storage [n, M, Nq * T], where each patch's row of similarities is contiguous.
+CPU scratch, the Top-k passes and tournament) and the one rule that sizes blocks on every device (``block_size``,
+``document_blocks``). A pooling whose kernel works on whole patch rows (``Pooling.patch_major``: Top-k) gets the
+same S as a view of patch-major storage [n, M, Nq * T], where each patch's row of similarities is contiguous.
 
 Block sizes follow the cache the machine reports, not a constant measured on one CPU: on CPU a block holds as
 many float32 entries as the L2 caches of the threads that pool it (L2 per core x ``torch.get_num_threads()``),
@@ -23,8 +23,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,8 +40,6 @@ ACCELERATOR_BLOCK_ELEMENTS = 1 << 27
 CPU_BLOCK_ELEMENTS: int | None = None
 #: Largest CPU scratch kept between calls (float32 entries): fresh pages cost about as much as the GEMM.
 SCRATCH_KEEP_ELEMENTS = 1 << 24
-#: Added to a found maximum so that later passes of ``top_k_mean`` skip it.
-REMOVED = -3.0e38
 
 #: What a block kernel returns: phi [n, Nq, T] and, when a gradient is asked for, W = dphi/dS like S.
 Pooled = tuple[Tensor, Tensor | None]
@@ -79,12 +76,22 @@ def block_budget(device: torch.device | str = "cpu") -> int:
     return FALLBACK_CPU_BLOCK_ELEMENTS if l2 is None else max(1 << 16, l2 * torch.get_num_threads() // 4)
 
 
-def block_size(Nd: int, per_document: int, device: torch.device | str = "cpu", chunk_size: int | None = None) -> int:
+def block_size(Nd: int, per_document: int, device: torch.device | str = "cpu", chunk_size: int | None = None,
+               kept: int = 0) -> int:
     """Documents per block: ``chunk_size`` when given (validated), else as many as keep the block within
-    ``block_budget(device)`` entries when each document adds ``per_document`` (e.g. Nq * T * M); 1 <= . <= Nd."""
+    ``block_budget(device)`` entries when each document adds ``per_document`` (e.g. Nq * T * M); 1 <= . <= Nd.
+    ``kept``: entries per document of the CPU scratch (``scratch``) the block lives in; on CPU no more documents
+    than fit ``SCRATCH_KEEP_ELEMENTS`` (a scratch kept between calls: fresh pages cost as much as the GEMM).
+
+    >>> block_size(Nd=100, per_document=1, device="cpu", kept=SCRATCH_KEEP_ELEMENTS // 8)
+    8
+    """
     if chunk_size is not None:
         return check_positive_int("chunk_size", chunk_size)
-    return max(1, min(Nd, block_budget(device) // max(1, per_document)))
+    n = block_budget(device) // max(1, per_document)
+    if kept > 0 and torch.device(device).type == "cpu":
+        n = min(n, SCRATCH_KEEP_ELEMENTS // kept)
+    return max(1, min(Nd, n))
 
 
 def document_blocks(
@@ -162,7 +169,7 @@ def similarity_block(D: Tensor, q: Tensor, out: Tensor | None = None, patch_majo
     Differentiable when ``out`` is None.
 
     ``patch_major``: the GEMM writes [n, M, R] (patch by patch, ``out`` then holds n * M * R entries in that
-    order) and S is its transposed view, for kernels that sweep the patches (``top_k_block``)."""
+    order) and S is its transposed view, for kernels that work on whole patch rows (``top_k_block``)."""
     n = D.shape[0]
     if patch_major:
         a, b = D, q.T.expand(n, *q.T.shape)  # [n, M, d] @ [n, d, R]
@@ -196,38 +203,11 @@ def scratch(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) ->
     return kept[:numel].view(shape)
 
 
-def top_k_mean(S: Tensor, k: int, hit: Tensor, weights: Tensor | None = None) -> Tensor | None:
-    """Mean of the k largest entries of S [..., M] -> [...], by passes of ``amax`` that each remove their
-    maximum in place (S is overwritten; ``hit`` is scratch shaped like S). Tied maxima count once each.
-    ``weights`` (zeros shaped like S) receives the selection, 1/k on each chosen patch.
-
-    Only float arithmetic touches the whole block (comparisons, ``torch.where`` and ``torch.topk`` are several
-    times slower on CPU). Masked patches are -inf. Returns None when a row has fewer than k real patches, or
-    when ``weights`` is asked for and a tie makes the choice ambiguous: callers then use the reference selection.
-    """
-    left = torch.full(S.shape[:-1] + (1,), float(k), dtype=S.dtype, device=S.device)
-    total = torch.zeros_like(left)
-    for _ in range(k):
-        top = S.amax(-1, keepdim=True)
-        torch.sub(S, top, out=hit).sign_().add_(1.0)  # 1 at each maximum (S <= top), 0 elsewhere
-        count = hit.sum(-1, keepdim=True)
-        if weights is not None and not bool((count == 1).all()):
-            return None
-        take = torch.minimum(count, left)  # nan where the row ran out of real patches (top = -inf)
-        total.addcmul_(top, take)
-        left.sub_(take)
-        if weights is not None:
-            weights.add_(hit, alpha=1.0 / k)
-        if not bool((left > 0).any()):  # every pass takes >= 1 per real row: at most k passes
-            break
-        S.add_(hit, alpha=REMOVED)
-    out = total.squeeze(-1) / k
-    return out if bool(torch.isfinite(out).all() and (out > REMOVED / (2 * k)).all()) else None
-
-
 def top_k_mean_sorted(S: Tensor, k: int, weights: Tensor | None = None) -> Tensor | None:
-    """``top_k_mean`` by one ``torch.topk``: the same contract and the same bits (the k values are added largest
-    first, as the passes of ``top_k_mean`` add them). S is left unchanged."""
+    """Mean of the k largest entries of S [..., M] -> [...] by one ``torch.topk``, the k values added largest first
+    (the bits of ``top_k_tournament``'s sum). Masked patches are -inf. ``weights`` (zeros shaped like S) receives the
+    selection, 1/k on each chosen patch. None when a row has fewer than k real patches, or when ``weights`` is
+    asked for and a tie makes the choice ambiguous: callers then use the reference selection. S is unchanged."""
     vals, idx = S.topk(min(k + 1, S.shape[-1]) if weights is not None else k, dim=-1)
     if weights is not None and not bool((vals[..., :-1] > vals[..., 1:]).all()):
         return None  # a tie among the k largest or at the k-th: the choice is ambiguous
@@ -241,37 +221,6 @@ def top_k_mean_sorted(S: Tensor, k: int, weights: Tensor | None = None) -> Tenso
     return total / k
 
 
-#: (device type, dtype, M) -> whether ``torch.topk`` beats the ``amax`` passes there, measured once per process:
-#: which is faster depends on the CPU's vector width and the dtype (both give the same numbers).
-_TOPK_FASTER: dict[tuple[str, torch.dtype, int], bool] = {}
-
-
-def _best_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    times = []
-    for _ in range(3):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def topk_is_faster(S: Tensor, k: int) -> bool:
-    """Whether ``top_k_mean_sorted`` beats ``top_k_mean`` for blocks like S [..., M] (measured once per device
-    type, dtype and M on a probe of about 2**20 entries)."""
-    key = (S.device.type, S.dtype, S.shape[-1])
-    if key not in _TOPK_FASTER:
-        M = S.shape[-1]
-        probe = torch.randn(max(1, (1 << 20) // M), M, dtype=S.dtype, device=S.device)
-        hit, W, kk = torch.empty_like(probe), torch.zeros_like(probe), min(k, M)
-        sorted_s = _best_seconds(lambda: top_k_mean_sorted(probe, kk, W), S.device)
-        _TOPK_FASTER[key] = sorted_s < _best_seconds(lambda: top_k_mean(probe.clone(), kk, hit, W), S.device)
-    return _TOPK_FASTER[key]
-
-
 def patch_major_view(S: Tensor) -> Tensor | None:
     """The [n, M, R] storage under a block S [n, Nq, T, M] written by ``similarity_block(patch_major=True)``
     (R = Nq * T), or None when S is stored token-major."""
@@ -281,28 +230,60 @@ def patch_major_view(S: Tensor) -> Tensor | None:
     return P.view(*P.shape[:2], -1) if P.is_contiguous() else None
 
 
-def top_k_sweep(St: Tensor, k: int, scratch: Tensor) -> Tensor:
-    """The k largest of every column of St [n, M, R] (k <= M), sorted: [k, n, R] (a view of ``scratch``, which
-    needs (k + 1) * n * R entries). One sweep over the patches inserts each row St[:, m] into k running lists
-    (a sorting network of 2k - 1 elementwise min / max per patch): a patch-major block is read once, with no
-    comparison, ``where`` or sort over the whole block. Equal values are kept as often as they occur.
+def _bitonic(P: list[Tensor], spare: Tensor) -> Tensor:
+    """Sort a bitonic list of planes (its length a power of 2) into descending order, in place, by compare-exchanges
+    (elementwise max / min) whose min goes to ``spare`` (a plane of the same shape); returns the plane left free."""
+    L, s = len(P), len(P) // 2
+    while s:
+        for i in (i for i in range(L) if not i & s):
+            torch.minimum(P[i], P[i + s], out=spare)
+            torch.maximum(P[i], P[i + s], out=P[i])
+            P[i + s], spare = spare, P[i + s]
+        s //= 2
+    return spare
+
+
+def _merge(A: list[Tensor], B: list[Tensor], kp: int, spare: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The largest min(2L, kp) of two descending lists of L planes each (L and kp powers of 2), descending, and the
+    plane left free: a full bitonic merge while 2L <= kp, else max(A_i, B_(L-1-i)), the top L, sorted."""
+    L = len(A)
+    if 2 * L <= kp:
+        return (P := A + B[::-1]), _bitonic(P, spare)
+    for i in range(L):
+        torch.maximum(A[i], B[L - 1 - i], out=A[i])
+    return A, _bitonic(A, spare)
+
+
+def top_k_tournament(St: Tensor, k: int, scratch: Tensor) -> Tensor:
+    """The k largest of every column of St [n, M, R] (2 <= k <= M), sorted: [k, n, R]. St is left unchanged;
+    ``scratch`` needs n * M * R entries. A tournament over the patches: each round merges the first half of the
+    patch axis with the second as sorted lists of kp planes (kp the power of 2 >= k; an odd patch waits for the
+    end), by elementwise max / min over whole half-blocks. log2(M) rounds of O(kp log kp) tensor ops each, rather
+    than a loop over M patches. Equal values are kept as often as they occur, so the values are exact.
 
     >>> St = torch.tensor([[[0.25, 5.0], [0.75, 1.0], [0.5, 5.0]]])  # n = 1, M = 3 patches, R = 2 tokens
-    >>> top_k_sweep(St, 2, torch.empty(3 * 2)).tolist()
+    >>> top_k_tournament(St, 2, torch.empty(3 * 2)).tolist()
     [[[0.75, 5.0]], [[0.5, 5.0]]]
     """
     n, M, R = St.shape
-    lists = scratch.view(-1)[: (k + 1) * n * R].view(k + 1, n, R)
-    top, tmp = lists[:k], lists[k]
-    top[0].copy_(St[:, 0])
-    top[1:].fill_(float("-inf"))
-    for m in range(1, M):
-        x = St[:, m]
-        for j in range(k - 1, 0, -1):  # top[j] = max(top[j], min(top[j - 1], x)), lowest rank first
-            torch.minimum(top[j - 1], x, out=tmp)
-            torch.maximum(top[j], tmp, out=top[j])
-        torch.maximum(top[0], x, out=top[0])
-    return top
+    kp, m, waiting = 1 << (k - 1).bit_length(), M - M % 2, []
+    if M % 2:
+        waiting.append([St[:, m:].clone()])
+    h = m // 2  # the first round writes into scratch, so St survives
+    hi, lo = scratch.view(-1)[: 2 * n * h * R].view(2, n, h, R)
+    torch.maximum(St[:, :h], St[:, h:m], out=hi)
+    torch.minimum(St[:, :h], St[:, h:m], out=lo)
+    P, spare = [hi, lo], St.new_empty(n, max(1, h // 2), R)
+    while h > 1:
+        if h % 2:
+            waiting.append([p[:, h - 1:].clone() for p in P])
+        m, h = h - h % 2, h // 2
+        P, spare = _merge([p[:, :h] for p in P], [p[:, h:m] for p in P], kp, spare[:, :h])
+    for w in waiting:  # small [n, 1, R] lists: padded with -inf to a common length, merged
+        L = max(len(P), len(w))
+        P, _ = _merge(*([*X, *(torch.full_like(X[0], float("-inf")) for _ in range(L - len(X)))] for X in (P, w)),
+                      kp, torch.empty_like(P[0]))
+    return torch.stack([p[:, 0] for p in P[:k]])
 
 
 def _top_k_patch_major(S: Tensor, St: Tensor, k: int, grad: bool, scratch: Tensor) -> Pooled | None:
@@ -313,7 +294,7 @@ def _top_k_patch_major(S: Tensor, St: Tensor, k: int, grad: bool, scratch: Tenso
     if k == 1:
         top = St.amax(1, keepdim=True).movedim(1, 0)  # [1, n, R]
     else:
-        top = top_k_sweep(St, k, scratch)
+        top = top_k_tournament(St, k, scratch)
     kth = top[k - 1]
     if not bool(torch.isfinite(kth).all()):
         return None
@@ -332,17 +313,15 @@ def _top_k_patch_major(S: Tensor, St: Tensor, k: int, grad: bool, scratch: Tenso
 def top_k_block(S: Tensor, mask: Tensor | None, k: int, grad: bool, scratch: Tensor) -> Pooled | None:
     """The Top-k kernel (k = 1: MaxSim with a gradient): phi = mean of the k largest of S [..., M] (masked
     patches -inf) and, with ``grad``, W = 1/k on the chosen patches. Overwrites S and ``scratch`` (like S);
-    None when a row has fewer than k real patches or a tie makes the choice ambiguous (see ``top_k_mean``).
-    A patch-major block (``similarity_block(patch_major=True)``) is swept patch by patch (``top_k_sweep``)."""
+    None when a row has fewer than k real patches or a tie makes the choice ambiguous (see ``top_k_mean_sorted``).
+    A patch-major block (``similarity_block(patch_major=True)``) is pooled by a tournament over its patches
+    (``top_k_tournament``), a token-major one by ``torch.topk``."""
     fill_masked_(S, mask, float("-inf"))
     St = patch_major_view(S)
-    if St is not None and scratch.numel() >= (k + 1) * St.shape[0] * St.shape[2]:
+    if St is not None and scratch.numel() >= St.numel():
         return _top_k_patch_major(S, St, k, grad, scratch)
     W = torch.zeros_like(S) if grad else None
-    if topk_is_faster(S, k):
-        phi = top_k_mean_sorted(S, k, W)
-    else:
-        phi = top_k_mean(S, k, scratch, W)
+    phi = top_k_mean_sorted(S, k, W)
     return None if phi is None else (phi, W)
 
 

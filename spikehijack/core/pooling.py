@@ -115,10 +115,6 @@ class Pooling:
         """Whether ``block`` is fastest on S stored patch-major (``kernels.similarity_block``); same numbers."""
         return False
 
-    def cache_entries(self, R: int, M: int) -> int:
-        """Similarities per document (R tokens, M patches) ``block`` keeps in cache: ``score_matrix``'s block size."""
-        return R * M
-
     def reference_block(self, S: Tensor, mask: Tensor | None, grad: bool) -> Pooled:
         """The definition on any block S [..., T, M]: (``pool_tokens``, ``jacobian`` when ``grad``). S unchanged."""
         return self.pool_tokens(S, mask), self.jacobian(S, mask) if grad else None
@@ -223,10 +219,6 @@ class TopK(Pooling):
 
     def patch_major(self, grad: bool) -> bool:
         return True
-
-    def cache_entries(self, R: int, M: int) -> int:
-        # the sweep (kernels.top_k_sweep) keeps k + 1 rows in cache: larger blocks, fewer elementwise calls
-        return R * min(M, self.k + 1)
 
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, self.k)

@@ -16,7 +16,6 @@ from torch import Tensor
 from .checks import check_mask, check_tensor
 from .fused import fused_scores, resolve_backend
 from .kernels import (
-    SCRATCH_KEEP_ELEMENTS,
     block_size,
     document_blocks,
     pooled_dtype,
@@ -130,9 +129,7 @@ def score_matrix(
     Nq, T, _ = Q.shape
     Nd, M, _ = D.shape
     grad = torch.is_grad_enabled() and (Q.requires_grad or D.requires_grad)
-    step = block_size(Nd, p.cache_entries(Nq * T, M), Q.device, chunk_size)
-    if chunk_size is None:  # and within the scratch kept between calls (fresh pages cost as much as the GEMM)
-        step = min(step, max(1, SCRATCH_KEEP_ELEMENTS // (2 * Nq * T * M)))
+    step = block_size(Nd, Nq * T * M, Q.device, chunk_size, kept=2 * Nq * T * M)
     buf = scratch((2, step, Nq * T, M), pooled_dtype(Q.dtype), Q.device)  # the block and its kernel's scratch
     out = []
     for docs in document_blocks(Nd, Nq * T * M, Q.device, step):
