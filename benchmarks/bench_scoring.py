@@ -346,7 +346,7 @@ def grid_rows(lengths=(32, 64, 128, 256), epochs: int = 100, device: str = "cpu"
 
 
 #: The committed paper-profile grid (CPU, float32) that a rerun elsewhere is compared with.
-PAPER_GRID = io.REPO_ROOT / "reports" / "paper" / "tables" / "synthetic_training_lengths.csv"
+PAPER_GRID = io.REPO_ROOT / io.REPORTS["paper"] / "tables" / "synthetic_training_lengths.csv"
 #: How far a stack's seed-mean may move on another device: trained float32 runs diverge (their numbers are
 #: statistical, not bit-stable); 5 seeds of Recall@1 on 512 queries have a standard error near 0.01.
 AGREEMENT = {"recall@1": 0.03, "gini_pair_mean": 0.01, "gini_infonce_mean": 0.01}
