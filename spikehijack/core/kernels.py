@@ -3,9 +3,10 @@
 A *similarity block* holds every query token against every patch of a few documents: S [n, Nq, T, M], a free
 view of the ``bmm`` output [n, Nq * T, M] (``similarity_block``), with the patch mask [n, 1, 1, M] (True = real
 patch). Poolings pool such blocks in place (``Pooling.block``); this module holds what their kernels share (the
-CPU scratch, the Top-k passes and tournament) and the one rule that sizes blocks on every device (``block_size``,
-``document_blocks``). A pooling whose kernel works on whole patch rows (``Pooling.patch_major``: Top-k) gets the
-same S as a view of patch-major storage [n, M, Nq * T], where each patch's row of similarities is contiguous.
+CPU scratch, the Top-k tournament and its ``torch.topk`` fallback) and the one rule that sizes blocks on every
+device (``block_size``, ``document_blocks``). A pooling whose kernel works on whole patch rows
+(``Pooling.patch_major``: Top-k) gets the same S as a view of patch-major storage [n, M, Nq * T], where each
+patch's row of similarities is contiguous.
 
 Block sizes follow the cache the machine reports, not a constant measured on one CPU: on CPU a block holds as
 many float32 entries as the L2 caches of the threads that pool it (L2 per core x ``torch.get_num_threads()``),
