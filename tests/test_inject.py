@@ -16,6 +16,7 @@ from spikehijack.core.inject import (
     gaussian_patches,
     hijack_rate,
     inject_corpus,
+    injected_summary,
     pad_documents,
     score_with_injection,
     selected_patches,
@@ -185,6 +186,18 @@ def test_clean_scores_argument():
     assert torch.equal(marked[gold], clean[gold] + 100) and torch.equal(marked[~gold], a[~gold])
     with pytest.raises(ValueError, match="clean_scores"):
         score_with_injection(Q, D, "topk:3", inj, gold, clean_scores=clean[:2])
+
+
+def test_summary_argument():
+    """A summary computed once (injected_summary), as a caller scoring a ragged corpus block by block passes it,
+    gives the scores score_with_injection computes itself; one of the wrong shape is refused."""
+    Q, D, inj, q_mask, d_mask = _world(integer=False, seed=4)
+    gold = GOLDS["mask"]
+    whole = score_with_injection(Q, D, "topk:3", inj, gold, q_mask, d_mask)
+    summary = injected_summary(Q, "topk:3", inj)
+    assert torch.equal(score_with_injection(Q, D, "topk:3", inj, gold, q_mask, d_mask, summary=summary), whole)
+    with pytest.raises(ValueError, match="summary must be"):
+        score_with_injection(Q, D, "topk:3", inj, gold, summary=summary[:1])
 
 
 @pytest.mark.parametrize("pooling", POOLINGS, ids=str)

@@ -78,6 +78,13 @@ def _injected_similarities(Q: Tensor, injected: Tensor) -> Tensor:
     return widen_low_precision(torch.bmm(Q, injected.transpose(1, 2)))
 
 
+def injected_summary(Q: Tensor, pooling: str | Pooling, injected: Tensor) -> Tensor:
+    """The pooling's summary (``Pooling.injected_summary``) of each query's tokens Q [Nq, T, d] against its own
+    injected patches [Nq, K, d] -> [Nq, T, W]: what ``score_with_injection`` merges into every block. A caller that
+    scores the same queries and patches block by block (``worlds.tasks.injection_scores``) computes it once."""
+    return parse_pooling(pooling).injected_summary(_injected_similarities(Q, injected))
+
+
 def _doc_blocks(
     Q: Tensor, D: Tensor, d_mask: Tensor | None, extra: int, chunk_size: int | None
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -108,6 +115,7 @@ def score_with_injection(
     d_mask: Tensor | None = None,
     chunk_size: int | None = None,
     clean_scores: Tensor | None = None,
+    summary: Tensor | None = None,
 ) -> Tensor:
     """Scores [Nq, Nd] after appending query a's injected patches [Nq, K, d] to every non-gold document of a.
 
@@ -119,8 +127,9 @@ def score_with_injection(
     with the query's injected similarities by ``Pooling.merged`` (the concatenation by default, so any
     registered pooling works, token-coupled ones included; MaxSim, Top-k, the rank windows, softmax and mean
     merge per-part statistics, ``Pooling.injected_summary``, at a cost per block that does not grow with K).
-    ``chunk_size=None`` sizes blocks by ``kernels.block_size``. K = 0 returns the clean scores. Evaluation
-    only: computed without gradient.
+    ``chunk_size=None`` sizes blocks by ``kernels.block_size``. K = 0 returns the clean scores. ``summary``:
+    ``injected_summary(Q, pooling, injected)``, when the caller already has it. Evaluation only: computed without
+    gradient.
     """
     p = parse_pooling(pooling)
     rel = _validate(Q, D, injected, gold, q_mask, d_mask)
@@ -131,7 +140,11 @@ def score_with_injection(
         raise ValueError(f"clean_scores must be the score_matrix output [Nq, Nd] = {(Nq, Nd)}")
     if injected.shape[1] == 0:
         return clean_scores.clone()
-    summary = p.injected_summary(_injected_similarities(Q, injected))  # [Nq, T, W], once for every block
+    if summary is None:
+        summary = injected_summary(Q, p, injected)  # [Nq, T, W], once for every block
+    elif tuple(summary.shape[:2]) != tuple(Q.shape[:2]):
+        raise ValueError(f"summary must be injected_summary(Q, pooling, injected) [Nq, T, W] with (Nq, T) = "
+                         f"{tuple(Q.shape[:2])}, got shape {tuple(summary.shape)}")
     after = torch.cat([sum_tokens(p.merged(S, m, summary).permute(1, 2, 0), q_mask)  # [Nq, n]
                        for S, m in _doc_blocks(Q, D, d_mask, summary.shape[-1], chunk_size)], dim=1)
     return torch.where(rel.to(after.device), clean_scores.to(after.dtype), after)

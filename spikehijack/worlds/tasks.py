@@ -231,12 +231,14 @@ def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor,
     Q, qm = pad(list(task.queries))
     out = torch.empty(len(task.queries), len(task.documents), dtype=torch.promote_types(Q.dtype, torch.float32))
     placeholder = torch.zeros(1, Q.shape[-1], dtype=Q.dtype)
+    injected = injected.to(Q.dtype)
+    summary = inject.injected_summary(Q, p, injected)  # once, not per block (its cost grows with K)
     R = relevance(task)
     lengths = torch.tensor([len(d) for d in task.documents])
     for idx in ragged_blocks(lengths, Q.shape[0] * Q.shape[1], Q.device, docs_per_chunk):
         D, dm = pad([task.documents[int(i)] for i in idx] + [placeholder])
         rel = torch.cat([R[:, idx], torch.ones(len(Q), 1, dtype=torch.bool)], dim=1)
-        sc = inject.score_with_injection(Q, D, p, injected.to(Q.dtype), rel, qm, dm)
+        sc = inject.score_with_injection(Q, D, p, injected, rel, qm, dm, summary=summary)
         out[:, idx] = sc[:, :-1].to(out.dtype)
     return out
 
