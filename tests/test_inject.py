@@ -48,7 +48,7 @@ class Generic:
 
     block = Pooling.block
     injected_summary = Pooling.injected_summary
-    merged = Pooling.merged
+    merged_many = Pooling.merged_many
 
 
 class SlowMaxSim(Generic, MaxSim):

@@ -123,6 +123,27 @@ def test_injection_only_touches_non_gold(spec):
         assert bool((after >= clean - 1e-6).all())
 
 
+def test_injection_scores_many_is_one_pass_of_single_jobs():
+    """Several (pooling, injected) jobs in one corpus pass = each job alone; K = 0 and gold entries are the
+    clean ragged scores bit for bit (the same blocks pooled the same way)."""
+    task = random_task(seed=4)
+    Q, qm = pad(task.queries)
+    g = torch.Generator().manual_seed(1)
+    spikes = inject.spike_patches(Q, 5, spike_size=2, q_mask=qm, generator=g)
+    gauss = inject.gaussian_patches(len(Q), 3, Q.shape[-1], generator=g, dtype=Q.dtype)
+    jobs = [(spec, inj) for spec in ("maxsim", "topk:3", "softmax:0.2", "mean")
+            for inj in (spikes[:, :0], spikes, spikes[:, :2], gauss)]
+    many = tasks.injection_scores_many(task, jobs, docs_per_chunk=3)
+    rows = torch.arange(len(task.gold))
+    for (spec, inj), got in zip(jobs, many, strict=True):
+        clean = tasks.score_ragged(task.queries, task.documents, spec, docs_per_chunk=3)
+        assert torch.equal(got[rows, task.gold], clean[rows, task.gold])
+        if inj.shape[1] == 0:
+            assert torch.equal(got, clean)
+        torch.testing.assert_close(got, tasks.injection_scores(task, spec, inj, docs_per_chunk=5),
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_injection_experiment_shapes_and_k0():
     task = random_task(seed=3)
     df = real.injection_experiment(task, ["maxsim", "softmax:0.1"], Ks=(0, 3), spike_size=2)

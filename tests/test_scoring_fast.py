@@ -186,11 +186,16 @@ def test_patch_major_blocks_come_from_the_transposed_gemm():
 @given(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 4), st.integers(1, 9), st.integers(1, 12)),
        st.integers(0, 2**31 - 1), st.sampled_from(ALL), st.booleans())
 def test_merged_kernels_equal_pooling_the_concatenation(shape, seed, spec, ties):
-    """Pooling.merged on the injected summary = the definition on [n, Nq, T, M + K] (Pooling's default)."""
+    """Pooling.merged on the injected summary = the definition on [n, Nq, T, M + K] (Pooling's default), and
+    merged_many with several injected sets (here K and its first half) = merged on each, bit for bit."""
     S, mask, S_inj = block_world(*shape, seed, ties)
     p = parse_pooling(spec)
     got = p.merged(S, mask, p.injected_summary(S_inj))
-    torch.testing.assert_close(got, Pooling.merged(p, S, mask, S_inj), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, Pooling.merged_many(p, S, mask, [S_inj])[0], rtol=1e-12, atol=1e-12)
+    parts = [S_inj, S_inj[..., : max(1, S_inj.shape[-1] // 2)]]
+    many = p.merged_many(S, mask, [p.injected_summary(x) for x in parts])
+    for x, phi in zip(parts, many, strict=True):
+        assert torch.equal(phi, p.merged(S, mask, p.injected_summary(x)))
 
 
 @settings(max_examples=60)

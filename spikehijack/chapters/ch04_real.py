@@ -25,11 +25,10 @@ from ..reporting import claims, evidence
 from ..reporting.stats import mean_ci, paired_test
 from ..worlds.tasks import (
     RealTask,
-    injection_scores,
+    injection_scores_many,
     neutral_pool,
     pad_task,
     relevance,
-    score_ragged,
     score_ragged_many,
 )
 
@@ -182,13 +181,11 @@ def injection_experiment(
             patches[kind] = inject.gaussian_patches(len(Q), Kmax, Q.shape[-1], generator=g, dtype=Q.dtype)
         else:
             raise ValueError(f"kinds: expected 'spike' or 'gaussian', got {kind!r}")
-    clean = score_ragged_many(task.queries, task.documents, poolings)
     rows = []
-    jobs = [(kind, K, spec) for kind in kinds for K in Ks for spec in poolings]
-    for kind, K, spec in tqdm(jobs, desc="injection", disable=not progress):
-        p = parse_pooling(spec)
+    jobs = [(kind, K, parse_pooling(spec)) for kind in kinds for K in Ks for spec in poolings]
+    scores = injection_scores_many(task, [(p, patches[kind][:, :K]) for kind, K, p in jobs])  # one corpus pass
+    for (kind, K, p), S in tqdm(list(zip(jobs, scores, strict=True)), desc="injection", disable=not progress):
         inj = patches[kind][:, :K]
-        S = clean[p.spec] if K == 0 else injection_scores(task, p, inj)
         rank = gold_rank(S, relevance(task))
         if K == 0:
             hij = mass = torch.zeros(len(Q))
@@ -295,13 +292,12 @@ def figure2_examples(task: RealTask, K: int = 100, spike_size: int = 4, seed: in
     g = torch.Generator().manual_seed(seed)
     spikes = inject.spike_patches(Q, K, spike_size=spike_size, q_mask=qm, generator=g)
     gauss = inject.gaussian_patches(len(Q), K, Q.shape[-1], generator=g, dtype=Q.dtype)
-    clean = score_ragged(task.queries, task.documents, pooling)
-    after = injection_scores(task, pooling, spikes)
+    clean, after, after_g = injection_scores_many(task, [(pooling, spikes[:, :0]), (pooling, spikes),
+                                                         (pooling, gauss)])
     lost = (gold_rank(clean, relevance(task)) == 1) & (gold_rank(after, relevance(task)) > 1)
     q = int(torch.nonzero(lost)[0]) if bool(lost.any()) else 0
-    out = {"spike": selection_example(task, q, spikes[q], after)}
-    out["gaussian"] = selection_example(task, q, gauss[q], injection_scores(task, pooling, gauss))
-    return out
+    return {"spike": selection_example(task, q, spikes[q], after),
+            "gaussian": selection_example(task, q, gauss[q], after_g)}
 
 
 def head_reading(quality: pd.DataFrame) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -331,15 +331,15 @@ def largest(X: Tensor, k: int) -> Tensor:
     return X.amax(-1, keepdim=True) if k == 1 else X.topk(min(k, X.shape[-1]), dim=-1).values
 
 
-def top_of_parts(S: Tensor, mask: Tensor | None, inj_top: Tensor, k: int) -> Tensor:
+def top_of_parts(S: Tensor, mask: Tensor | None, inj_tops: Sequence[Tensor], k: int) -> list[Tensor]:
     """The k largest similarities of each part, side by side: S [n, Nq, T, M] (mask [n, 1, 1, M]) cut by
-    ``largest``, and every document's injected part already cut, inj_top = ``largest(S_inj, k)`` [Nq, T, k']
-    -> [n, Nq, T, min(k, M) + k'], masked entries -inf.
+    ``largest`` once, and each injected part already cut, inj_top = ``largest(S_inj, k)`` [Nq, T, k']
+    -> one [n, Nq, T, min(k, M) + k'] per inj_top, masked entries -inf.
 
     A pooling that only ever selects among the k largest similarities of a row (MaxSim, Top-k, rank windows)
     gives the same value on this as on the concatenation [n, Nq, T, M + K], at a cost independent of K."""
     top_o = largest(fill_masked(S, mask, float("-inf")), k)
-    return torch.cat([top_o, inj_top.expand(S.shape[0], *inj_top.shape)], dim=-1)
+    return [torch.cat([top_o, t.expand(S.shape[0], *t.shape)], dim=-1) for t in inj_tops]
 
 
 def concat_parts(S: Tensor, mask: Tensor | None, S_inj: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -16,7 +16,7 @@ built from it, which the built-ins override with fast closed forms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -126,10 +126,15 @@ class Pooling:
 
     def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
         """phi [n, Nq, T] over each document's patches S [n, Nq, T, M] (S unchanged) plus its query's injected
-        ones, given as ``injected_summary(S_inj)`` [Nq, T, W]. The default pools the concatenation
-        [n, Nq, T, M + K]; poolings that can merge per-part statistics override both methods so that the cost
-        per block does not grow with K."""
-        return self.pool_tokens(*concat_parts(S, mask, summary))
+        ones, given as ``injected_summary(S_inj)`` [Nq, T, W]: ``merged_many`` with one summary."""
+        return self.merged_many(S, mask, [summary])[0]
+
+    def merged_many(self, S: Tensor, mask: Tensor | None, summaries: Sequence[Tensor]) -> list[Tensor]:
+        """``merged`` for several injected sets at once (e.g. K = 25, 100, 400; spikes and Gaussian patches):
+        one phi [n, Nq, T] per summary. The default pools each concatenation [n, Nq, T, M + K]; poolings that
+        merge per-part statistics override it, computing the documents' part once per block, so that the cost
+        per block grows neither with K nor (beyond a [n, Nq, T, W] merge) with the number of summaries."""
+        return [self.pool_tokens(*concat_parts(S, mask, s)) for s in summaries]
 
     def __str__(self) -> str:
         return self.spec
@@ -165,8 +170,8 @@ class MaxSim(Pooling):
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, 1)
 
-    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
-        return self.reduce(top_of_parts(S, mask, summary, 1))
+    def merged_many(self, S: Tensor, mask: Tensor | None, summaries: Sequence[Tensor]) -> list[Tensor]:
+        return [self.reduce(top) for top in top_of_parts(S, mask, summaries, 1)]
 
 
 @register
@@ -223,8 +228,8 @@ class TopK(Pooling):
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, self.k)
 
-    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
-        return self.reduce(top_of_parts(S, mask, summary, self.k))
+    def merged_many(self, S: Tensor, mask: Tensor | None, summaries: Sequence[Tensor]) -> list[Tensor]:
+        return [self.reduce(top) for top in top_of_parts(S, mask, summaries, self.k)]
 
 
 @register
@@ -291,16 +296,20 @@ class Softmax(Pooling):
         E = ((S_inj - top) / self.tau).exp()
         return torch.cat([top, E.sum(-1, keepdim=True), (E * S_inj).sum(-1, keepdim=True)], dim=-1)
 
-    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
+    def merged_many(self, S: Tensor, mask: Tensor | None, summaries: Sequence[Tensor]) -> list[Tensor]:
         """The partial sums Z and N of the two parts merged with a shared max shift:
-        phi = (N_doc + N_inj) / (Z_doc + Z_inj)."""
-        top_i, Z_i, N_i = summary.unbind(-1)  # [Nq, T] each
+        phi = (N_doc + N_inj) / (Z_doc + Z_inj); the documents' part once for every summary."""
         Sm = fill_masked(S, mask, float("-inf"))
         top_o = Sm.amax(-1)  # [n, Nq, T]; every document has a real patch
         E = ((Sm - top_o.unsqueeze(-1)) / self.tau).exp()  # 0 on masked patches (S there is finite)
-        top = torch.maximum(top_o, top_i)
-        a, b = ((top_o - top) / self.tau).exp(), ((top_i - top) / self.tau).exp()
-        return (a * (E * S).sum(-1) + b * N_i) / (a * E.sum(-1) + b * Z_i)
+        N_o, Z_o = (E * S).sum(-1), E.sum(-1)
+        out = []
+        for summary in summaries:
+            top_i, Z_i, N_i = summary.unbind(-1)  # [Nq, T] each
+            top = torch.maximum(top_o, top_i)
+            a, b = ((top_o - top) / self.tau).exp(), ((top_i - top) / self.tau).exp()
+            out.append((a * N_o + b * N_i) / (a * Z_o + b * Z_i))
+        return out
 
 
 @register
@@ -332,9 +341,9 @@ class Mean(Pooling):
         """The injected part's sum and count: [Nq, T, 2]."""
         return torch.stack([S_inj.sum(-1), torch.full_like(S_inj[..., 0], S_inj.shape[-1])], dim=-1)
 
-    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
-        total, count = summary.unbind(-1)
-        return (fill_masked(S, mask, 0.0).sum(-1) + total) / ((S.shape[-1] if mask is None else mask.sum(-1)) + count)
+    def merged_many(self, S: Tensor, mask: Tensor | None, summaries: Sequence[Tensor]) -> list[Tensor]:
+        own, n = fill_masked(S, mask, 0.0).sum(-1), S.shape[-1] if mask is None else mask.sum(-1)
+        return [(own + total) / (n + count) for total, count in (s.unbind(-1) for s in summaries)]
 
 
 def parse_pooling(spec: str | Pooling) -> Pooling:

@@ -27,6 +27,7 @@ poolings and never let a masked patch influence a value or a gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import ClassVar
@@ -204,9 +205,8 @@ class _RankWindow(Pooling):
     def injected_summary(self, S_inj: Tensor) -> Tensor:
         return largest(S_inj, self.max_rank)
 
-    def merged(self, S: Tensor, mask: Tensor | None, summary: Tensor) -> Tensor:
-        top = top_of_parts(S, mask, summary, self.max_rank)
-        return self.reduce(top, torch.isfinite(top))
+    def merged_many(self, S: Tensor, mask: Tensor | None, summaries: Sequence[Tensor]) -> list[Tensor]:
+        return [self.reduce(top, torch.isfinite(top)) for top in top_of_parts(S, mask, summaries, self.max_rank)]
 
 
 @register

@@ -9,7 +9,7 @@ becomes one [Nd, 209, d] block. ``pad_task`` grows every document with neutral p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -184,6 +184,21 @@ def train_diseases(hpo: hpo_mod.HPO, task: RealTask, n: int | None, min_phenotyp
 # Scoring and evaluation
 
 
+def _ragged_similarity_blocks(Q: Tensor, qm: Tensor, documents: Sequence[Tensor], docs_per_chunk: int | None
+                              ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Length-sorted blocks of ragged documents (``kernels.ragged_blocks``: cache-sized, or ``docs_per_chunk``
+    documents) against the padded queries Q [Nq, T, d]: (document indices [n], S [Nq, T, n, M] in float32 or
+    wider, patch mask [n, M]); padding is masked, so pooling S equals one big ``score_matrix`` call."""
+    q_flat = Q.reshape(-1, Q.shape[-1])
+    lengths = torch.tensor([len(d) for d in documents])
+    for idx in ragged_blocks(lengths, q_flat.shape[0], Q.device, docs_per_chunk):
+        D, dm = pad([documents[int(i)] for i in idx])
+        check_queries_documents(Q, D, qm, dm)
+        n, M, d = D.shape
+        S = (q_flat @ D.reshape(n * M, d).T).view(Q.shape[0], Q.shape[1], n, M)
+        yield idx, S.to(torch.promote_types(Q.dtype, torch.float32)), dm
+
+
 def score_ragged_many(
     queries: Sequence[Tensor],
     documents: Sequence[Tensor],
@@ -201,13 +216,7 @@ def score_ragged_many(
     Q, qm = pad(list(queries))
     acc = torch.promote_types(Q.dtype, torch.float32)  # accumulate in float32 or wider
     out = {p.spec: torch.empty(len(queries), len(documents), dtype=acc) for p in ps}
-    q_flat = Q.reshape(-1, Q.shape[-1])
-    lengths = torch.tensor([len(d) for d in documents])
-    for idx in ragged_blocks(lengths, q_flat.shape[0], Q.device, docs_per_chunk):
-        D, dm = pad([documents[int(i)] for i in idx])
-        check_queries_documents(Q, D, qm, dm)
-        n, M, d = D.shape
-        S = (q_flat @ D.reshape(n * M, d).T).view(Q.shape[0], Q.shape[1], n, M).to(acc)
+    for idx, S, dm in _ragged_similarity_blocks(Q, qm, documents, docs_per_chunk):
         for p in ps:
             out[p.spec][:, idx] = sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).to(acc)
     return out
@@ -219,28 +228,50 @@ def score_ragged(queries: Sequence[Tensor], documents: Sequence[Tensor], pooling
     return next(iter(score_ragged_many(queries, documents, [pooling], docs_per_chunk).values()))
 
 
+def injection_scores_many(task: RealTask, jobs: Sequence[tuple[str | Pooling, Tensor]],
+                          docs_per_chunk: int | None = None) -> list[Tensor]:
+    """Scores [Nq, Nd] for each job (pooling, injected [Nq, K, d]): query a's K patches go into every non-gold
+    document of a (``inject.score_with_injection`` over the ragged corpus); gold entries and K = 0 are the
+    clean scores of ``score_ragged_many``, bit for bit.
+
+    One pass over the corpus for every job: each similarity block is computed once, pooled clean once per
+    pooling and merged with all of that pooling's injected summaries (``Pooling.merged_many``), so a sweep over
+    K, kinds and poolings costs about one clean scoring per pooling.
+    """
+    Q, qm = pad(list(task.queries))
+    R = relevance(task)
+    acc = torch.promote_types(Q.dtype, torch.float32)
+    groups: dict[str, tuple[Pooling, list[int], list[tuple[int, Tensor]]]] = {}  # spec: (p, K = 0, K > 0)
+    for i, (spec, injected) in enumerate(jobs):
+        p = parse_pooling(spec)
+        if isinstance(injected, Tensor) and injected.is_floating_point():
+            injected = injected.to(Q.dtype)
+        injected = inject.check_injected(injected, Q.shape[0], Q.shape[-1], Q)
+        _, clean_ids, items = groups.setdefault(p.spec, (p, [], []))
+        if injected.shape[1]:
+            items.append((i, inject.injected_summary(Q, p, injected)))  # [Nq, T, W], once for every block
+        else:
+            clean_ids.append(i)
+    out = [torch.empty(len(task.queries), len(task.documents), dtype=acc) for _ in jobs]
+    for idx, S, dm in _ragged_similarity_blocks(Q, qm, task.documents, docs_per_chunk):
+        rel = R[:, idx]
+        for p, clean_ids, items in groups.values():
+            clean = sum_tokens(pool_similarity_block(p, S, dm[None, None]), qm).to(acc)
+            for i in clean_ids:
+                out[i][:, idx] = clean
+            if not items:
+                continue
+            after = p.merged_many(S.permute(2, 0, 1, 3), dm[:, None, None, :], [s for _, s in items])
+            for (i, _), phi in zip(items, after, strict=True):
+                out[i][:, idx] = torch.where(rel, clean, sum_tokens(phi.permute(1, 2, 0), qm).to(acc))
+    return out
+
+
 def injection_scores(task: RealTask, pooling: str | Pooling, injected: Tensor,
                      docs_per_chunk: int | None = None) -> Tensor:
-    """inject.score_with_injection over the ragged corpus: query a's patches injected [Nq, K, d] go into every
-    non-gold document of a -> scores [Nq, Nd] (gold entries clean).
-
-    Each length-sorted block (``kernels.ragged_blocks``) is scored with a one-patch placeholder document appended
-    and marked gold for every query (so each block's relevance mask has a gold per query); its column is dropped.
-    """
-    p = parse_pooling(pooling)
-    Q, qm = pad(list(task.queries))
-    out = torch.empty(len(task.queries), len(task.documents), dtype=torch.promote_types(Q.dtype, torch.float32))
-    placeholder = torch.zeros(1, Q.shape[-1], dtype=Q.dtype)
-    injected = injected.to(Q.dtype)
-    summary = inject.injected_summary(Q, p, injected)  # once, not per block (its cost grows with K)
-    R = relevance(task)
-    lengths = torch.tensor([len(d) for d in task.documents])
-    for idx in ragged_blocks(lengths, Q.shape[0] * Q.shape[1], Q.device, docs_per_chunk):
-        D, dm = pad([task.documents[int(i)] for i in idx] + [placeholder])
-        rel = torch.cat([R[:, idx], torch.ones(len(Q), 1, dtype=torch.bool)], dim=1)
-        sc = inject.score_with_injection(Q, D, p, injected, rel, qm, dm, summary=summary)
-        out[:, idx] = sc[:, :-1].to(out.dtype)
-    return out
+    """``injection_scores_many`` for one job: query a's patches injected [Nq, K, d] go into every non-gold
+    document of a -> scores [Nq, Nd] (gold entries clean)."""
+    return injection_scores_many(task, [(pooling, injected)], docs_per_chunk)[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
