@@ -304,6 +304,7 @@ def head_reading(quality: pd.DataFrame) -> str:
     """One sentence from the quality table: what the MaxSim head does to MaxSim's Recall@1 on HPO-Dx, the best
     pooling zero-shot and with the head, and the spread of the poolings on the token-level Syn2Def task."""
     r1 = quality[quality.metric == "recall@1"].set_index(["task", "model", "pooling"])["value"]
+    r1 = r1.sort_index(level=[0, 1], sort_remaining=False)  # lexsorted (task, model), poolings in table order
     zs, hd = r1.loc[("hpo-dx", "zero-shot")], r1.loc[("hpo-dx+head", "MaxSim head")]
     syn = r1.loc[("hpo-syn2def", "zero-shot tokens")]
     return (f"MaxSim Recall@1 {zs['MaxSim']:.3f} zero-shot -> {hd['MaxSim']:.3f} with the head; best pooling "

@@ -37,11 +37,12 @@ _INTRO = {
              "(a calibration target); mechanism (untrained inputs); findings: supported / not supported / "
              "inconclusive.",
     "paper": "Paper profile (`make paper`: PAPER.md settings, 5 seeds, 100 epochs; run once on CPU and committed). "
-             "The executed notebooks with every figure are under [reports/paper/](reports/paper/): 01 and 06 are "
-             "current; 02, 03 and 04 were executed before the claims registry (their own verdict tables use the "
-             "old rules). The rows below are notebook 01's and the committed paper-profile tables of 02-04 "
+             "The executed notebooks with every figure are under [reports/paper/](reports/paper/): 01, 04 and 06 "
+             "are current; 02 and 03 were executed before the claims registry (their own verdict tables use the "
+             "old rules). The rows below are notebook 01's, notebook 04's (both real views: phenotype phrases and "
+             "the token view at the paper's lengths) and the committed paper-profile tables of 02 and 03 "
              "re-judged with today's rules (`scripts/rejudge_paper.py`, no retraining): claims 1-4 synthetic and "
-             "1, 4-8 real; the synthetic claims 5-8, notebook 04's token view and notebook 05 need a paper run "
+             "1, 4-8 real; the synthetic claims 5-8 and notebook 05 need a paper run of the synthetic grid "
              "(`make paper`, best on a GPU).",
 }
 #: The columns of claims tables written before the registry (verdicts under the old rules).
