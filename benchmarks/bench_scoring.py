@@ -10,6 +10,9 @@ Sections, all float32 on identical inputs within one run:
           torch.topk (the token-major kernel)
   poolings  every pooling, robust ones included, on the three paths scoring takes: score_matrix without and
           with a gradient, score_with_injection (``pooling_rows`` times any spec or Pooling object)
+  sweep   an injection sweep (3 poolings x 2 kinds x 3 K) over a ragged corpus, side by side: every job scored
+          block by block with core score_with_injection (the way before the one-pass sweep), every job alone
+          (worlds.tasks.injection_scores) and all jobs in one corpus pass (injection_scores_many)
   grid    the paper-profile main grid (3 poolings x 4 lengths x 5 seeds, one stack per length) trained on the
           device the bench runs on (``--device``), timed per stack; ``--grid-epochs`` runs fewer epochs and
           extrapolates to 100, ``--grid-budget`` shortens the stacks that would not fit in that many seconds
@@ -40,11 +43,12 @@ import torch
 from spikehijack import io
 from spikehijack.core.device import resolve_device
 from spikehijack.core.fused import resolve_backend
-from spikehijack.core.inject import score_with_injection, spike_patches
-from spikehijack.core.kernels import block_budget, top_k_tournament
+from spikehijack.core.inject import gaussian_patches, injected_summary, score_with_injection, spike_patches
+from spikehijack.core.kernels import block_budget, ragged_blocks, top_k_tournament
 from spikehijack.core.pooling import Pooling, parse_pooling
 from spikehijack.core.robust import robust_poolings
-from spikehijack.core.scoring import auto_chunk_size, score_matrix
+from spikehijack.core.scoring import auto_chunk_size, pad, score_matrix
+from spikehijack.worlds.tasks import RealTask, injection_scores, injection_scores_many, relevance
 
 CORPORA = [(32, 1000, 512, 128), (16, 2000, 256, 128), (32, 200, 1024, 128)]  # (T, N, M, d)
 POOLINGS = ["maxsim", "topk:4", "softmax:0.1"]
@@ -249,6 +253,45 @@ def _train_scores(Q: torch.Tensor, D: torch.Tensor, pooling: Pooling) -> None:
     score_matrix(Q_, D_, pooling).sum().backward()
 
 
+def per_block_injection(task: RealTask, pooling: str | Pooling, injected: torch.Tensor) -> torch.Tensor:
+    """The ragged injection before the one-pass sweep (the baseline): each length-sorted block scored by core
+    ``score_with_injection`` with a one-patch placeholder document marked gold for every query, which pools the
+    block's clean scores again (gold entries) beside the merged ones."""
+    p, (Q, qm) = parse_pooling(pooling), pad(list(task.queries))
+    out = torch.empty(len(task.queries), len(task.documents))
+    placeholder, summary, R = torch.zeros(1, Q.shape[-1]), injected_summary(Q, p, injected), relevance(task)
+    for idx in ragged_blocks(torch.tensor([len(x) for x in task.documents]), Q.shape[0] * Q.shape[1]):
+        D, dm = pad([task.documents[int(i)] for i in idx] + [placeholder])
+        rel = torch.cat([R[:, idx], torch.ones(len(Q), 1, dtype=torch.bool)], dim=1)
+        out[:, idx] = score_with_injection(Q, D, p, injected, rel, qm, dm, summary=summary)[:, :-1]
+    return out
+
+
+def sweep_rows(runs: int, Nq: int = 32, Nd: int = 150, d: int = 128, Ks: Sequence[int] = (25, 100, 400),
+               poolings: Sequence[str] = ("maxsim", "topk:4", "softmax:0.1")) -> pd.DataFrame:
+    """An injection sweep (poolings x spikes and Gaussian patches x Ks) over a ragged corpus of unit vectors
+    (queries of 8-39 tokens, documents of 4-199 patches), three ways: ``per block`` (``per_block_injection``),
+    ``per job`` (``injection_scores`` for each job) and ``one pass`` (``injection_scores_many``).
+    Median and min seconds for the whole sweep (seconds per call: ``make bench`` times one call after a warm-up);
+    ``x_one_pass`` = time / one pass."""
+    g = torch.Generator().manual_seed(5)
+    lengths = lambda lo, hi, n: torch.randint(lo, hi, (n,), generator=g).tolist()  # noqa: E731
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=-1)  # noqa: E731
+    task = RealTask("bench", [unit(t) for t in lengths(8, 40, Nq)], [unit(m) for m in lengths(4, 200, Nd)],
+                    torch.randperm(Nd, generator=g)[:Nq], [f"q{i}" for i in range(Nq)], [f"d{j}" for j in range(Nd)])
+    Q, qm = pad(list(task.queries))
+    patches = {"spike": spike_patches(Q, max(Ks), spike_size=4, q_mask=qm, generator=g),
+               "gaussian": gaussian_patches(Nq, max(Ks), d, generator=g)}
+    jobs = [(p, patches[kind][:, :K]) for kind in patches for K in Ks for p in poolings]
+    ways = {"per block": lambda: [per_block_injection(task, p, x) for p, x in jobs],
+            "per job": lambda: [injection_scores(task, p, x) for p, x in jobs],
+            "one pass": lambda: injection_scores_many(task, jobs)}
+    rows = [dict(way=w, jobs=len(jobs), Nq=Nq, Nd=Nd, d=d, patches=sum(map(len, task.documents)),
+                 **dict(zip(("median_s", "min_s"), timed(fn, runs), strict=True))) for w, fn in ways.items()]
+    df = pd.DataFrame(rows)
+    return df.assign(x_one_pass=df.median_s / df.median_s.iloc[-1])
+
+
 def pooling_rows(
     poolings: Sequence[str | Pooling],
     T: int = 32,
@@ -427,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny corpora, 3 runs (< 30 s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=None, help="timed runs per contender (default 7; quick 3)")
-    ap.add_argument("--sections", default="corpus,memory,train,select,poolings,grid,cuda")
+    ap.add_argument("--sections", default="corpus,memory,train,select,poolings,sweep,grid,cuda")
     ap.add_argument("--batches", default=None, help="query batch sizes, comma-separated (default 1,64; quick 1,8)")
     ap.add_argument("--out", default=str(OUT), help="folder for the CSV tables (default build/bench)")
     ap.add_argument("--device", default="auto", help="device of the grid section (auto: cuda when available)")
@@ -466,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         size = dict(T=16, N=40, M=64, Nq=2, K=16) if args.quick else {}
         show("poolings: every pooling on score_matrix (score, train = forward + backward) and score_with_injection",
              pooling_rows(POOLINGS + ["mean"] + robust_poolings(), runs=runs, **size), out / "poolings.csv")
+    if "sweep" in sections:
+        show("sweep: an injection sweep over a ragged corpus (x_one_pass = time / one corpus pass)",
+             sweep_rows(1, **(dict(Nq=8, Nd=40, Ks=(25,)) if args.quick else {})), out / "sweep.csv")
     if "grid" in sections:
         device = str(resolve_device(args.device))
         lengths = [int(x) for x in args.grid_lengths.split(",")] if args.grid_lengths else (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from spikehijack.runner import heads
 from spikehijack.worlds import hpo, tasks
 
 FIX = Path(__file__).parent / "fixtures" / "hpo"
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scoring.py"
 
 
 class HashPhrases:
@@ -142,6 +144,22 @@ def test_injection_scores_many_is_one_pass_of_single_jobs():
             assert torch.equal(got, clean)
         torch.testing.assert_close(got, tasks.injection_scores(task, spec, inj, docs_per_chunk=5),
                                    rtol=1e-5, atol=1e-6)
+
+
+def test_one_pass_sweep_equals_the_per_block_baseline_of_the_benchmark():
+    """``make bench``'s baseline (each ragged block through core score_with_injection, the way before the
+    one-pass sweep) gives the same scores as injection_scores_many, and its sweep section runs."""
+    spec = importlib.util.spec_from_file_location("bench_scoring", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    task = random_task(seed=5)
+    Q, qm = pad(task.queries)
+    inj = inject.spike_patches(Q, 4, spike_size=2, q_mask=qm, generator=torch.Generator().manual_seed(2))
+    for p in ("maxsim", "topk:3", "softmax:0.2"):
+        torch.testing.assert_close(bench.per_block_injection(task, p, inj),
+                                   tasks.injection_scores_many(task, [(p, inj)])[0], rtol=1e-5, atol=1e-6)
+    df = bench.sweep_rows(1, Nq=3, Nd=6, d=8, Ks=(2,), poolings=("maxsim",))
+    assert list(df.way) == ["per block", "per job", "one pass"] and df.x_one_pass.iloc[-1] == 1.0
 
 
 def test_injection_experiment_shapes_and_k0():
