@@ -80,8 +80,9 @@ def _injected_similarities(Q: Tensor, injected: Tensor) -> Tensor:
 
 def injected_summary(Q: Tensor, pooling: str | Pooling, injected: Tensor) -> Tensor:
     """The pooling's summary (``Pooling.injected_summary``) of each query's tokens Q [Nq, T, d] against its own
-    injected patches [Nq, K, d] -> [Nq, T, W]: what ``score_with_injection`` merges into every block. A caller that
-    scores the same queries and patches block by block (``worlds.tasks.injection_scores``) computes it once."""
+    injected patches [Nq, K, d] -> [Nq, T, W]: what ``score_with_injection`` merges into every block (pass it as
+    ``summary`` to score the same queries and patches over several corpora; ``worlds.tasks.injection_scores_many``
+    merges its summaries itself, in one pass over a ragged corpus)."""
     return parse_pooling(pooling).injected_summary(_injected_similarities(Q, injected))
 
 
