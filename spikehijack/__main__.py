@@ -1,6 +1,7 @@
 """Command line: ``python -m spikehijack <command> ...`` (also installed as ``spikehijack``).
 
-- ``synthetic``: train (or load from the cache) the synthetic length sweep of a profile and print a summary;
+- ``synthetic``: train (or load from the cache) a synthetic grid of a profile (the length sweep, or notebook 03's
+  frontier stack; ``--lengths`` picks and orders its stacks) and print a summary;
 - ``real``: baseline quality per pooling on an HPO task (prints a table, writes a CSV);
 - ``embed-colqwen``: (optional extra, GPU and the hub) encode ViDoRe biomedical with ColQwen2.5.
 
@@ -23,7 +24,14 @@ from .worlds.encoders import MiniLMPhrases, MiniLMTokens
 
 def _synthetic(args: argparse.Namespace) -> int:
     cache = Path(args.out) if args.out else io.cache_dir("synthetic", args.profile)
-    configs = grid_configs(profiles.get(args.profile).synthetic.sweep)
+    grid = getattr(profiles.get(args.profile).synthetic, args.grid)
+    unknown = sorted(set(args.lengths or ()) - set(grid.lengths))
+    if unknown:
+        raise SystemExit(f"--lengths: {unknown} not in the {args.profile} {args.grid} grid's lengths "
+                         f"{list(grid.lengths)}")
+    configs = grid_configs(grid, lengths=args.lengths)
+    if args.lengths:  # in the order asked: a long stack first, say, so it is cached before a session ends
+        configs.sort(key=lambda c: args.lengths.index(c["length"]))
     df = run_groups(configs, cache, device=args.device, executor=args.executor, address=args.ray_address)
     print(summary_table(df).to_string())
     return 0
@@ -60,8 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("synthetic", help="train the synthetic grid (Fig 1) and print a summary")
     sp.add_argument("--profile", choices=sorted(profiles.PROFILES), default="quick")
+    sp.add_argument("--grid", choices=["sweep", "frontier"], default="sweep",
+                    help="the length sweep (notebooks 02, 03, 05) or notebook 03's frontier stack")
+    sp.add_argument("--lengths", type=int, nargs="+", default=None, help="train only these lengths, in this order")
     sp.add_argument("--device", default="auto")
-    sp.add_argument("--out", default=None, help="cache folder (default results/cache/synthetic)")
+    sp.add_argument("--out", default=None, help="cache folder (default: io.cache_dir(\"synthetic\", profile))")
     sp.add_argument("--executor", choices=["local", "ray"], default="local")
     sp.add_argument("--ray-address", default=None)
     sp.set_defaults(func=_synthetic)

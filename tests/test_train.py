@@ -127,6 +127,18 @@ def test_cli_runs_tiny_profile_and_passes_executor_options(tmp_path, monkeypatch
     assert main(["synthetic", "--profile", "quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "maxsim" in out and "recall@1" in out
+    import spikehijack.__main__ as cli
+
+    asked = []
+    monkeypatch.setattr(cli, "run_groups", lambda configs, *a, **k: asked.append([c["length"] for c in configs])
+                        or pd.DataFrame())
+    monkeypatch.setattr(cli, "summary_table", lambda df: df)
+    frontier = profiles.get("paper").synthetic.frontier.lengths
+    assert main(["synthetic", "--profile", "paper", "--lengths", "256", "32"]) == 0
+    assert main(["synthetic", "--profile", "paper", "--grid", "frontier"]) == 0
+    assert asked == [[256, 32], list(frontier)]  # a long stack can go first
+    with pytest.raises(SystemExit, match="--lengths: \\[48\\] not in the paper sweep grid"):
+        main(["synthetic", "--profile", "paper", "--lengths", "48"])
     seen = {}
 
     def fake_run_grid(configs, fn, cache_dir, executor="local", progress=True, desc="", **opts):
