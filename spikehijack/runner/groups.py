@@ -60,8 +60,8 @@ def group(config: Mapping[str, Any]) -> Group:
 
 
 def grid_configs(grid: Grid, lengths: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """The group configs of a ``profiles.Grid`` (one per length; ``lengths`` picks a subset)."""
-    chosen = grid.lengths if lengths is None else [M for M in grid.lengths if M in lengths]
+    """The group configs of a ``profiles.Grid`` (one per length; ``lengths`` picks a subset, in its order)."""
+    chosen = grid.lengths if lengths is None else [M for M in dict.fromkeys(lengths) if M in grid.lengths]
     return [group_config(grid.world(M), grid.poolings, grid.seeds, grid.train) for M in chosen]
 
 
