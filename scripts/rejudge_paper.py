@@ -6,8 +6,9 @@ The paper profile's per-run tables are committed (reports/paper/tables/), so a c
 them: claims 1-3 from the M = 64 training table (notebook 02), claim 4 from the length grid with the
 concept-counting oracle of the same worlds (notebook 03), claims 1 and 4-8 on the real benchmark from its per-query
 tables (notebook 04: the phrase view and, when its tables are there, the token view of section 8). Not re-judged
-here: the synthetic claims 5-8 (their committed tables are per-seed summaries, where the rules bootstrap per query)
-and notebook 05 (never run in the paper profile); notebook 01's rows (claims_01.csv) are stacked as written.
+here, and kept as their notebooks wrote them: the synthetic claims 5-8 (rows of claims_03.csv other than claim 4:
+their committed tables are per-seed summaries, where the rules bootstrap per query), notebook 05's rows
+(claims_05.csv) and notebook 01's (claims_01.csv).
 ``make paper`` writes every table anew.
 """
 
@@ -40,6 +41,9 @@ def main() -> None:
     oracle = ch03.oracle_by_length(grid_configs(profiles.get("paper").synthetic.sweep))
     io.write_csv(oracle, TABLES / "synthetic_oracle.csv")
     c03 = ch03.claims_length(read("synthetic_training_lengths.csv"), oracle)
+    if (TABLES / "claims_03.csv").exists():  # notebook 03's injection rows (claims 5-8): not re-judged, kept
+        kept = pd.read_csv(TABLES / "claims_03.csv", dtype=str)  # as written, not re-formatted
+        c03 = pd.concat([c03, kept[~kept["claim"].isin(c03["claim"].astype(str))]], ignore_index=True)
     inj = read("real_injection_04.csv").rename(columns=RENAMED)
     gi = read("real_gini_04.csv")
     softmax = next(s for s in inj[inj["kind"] == "gaussian"]["spec"].unique() if s.startswith("softmax"))
@@ -53,7 +57,8 @@ def main() -> None:
     for name, table in (("claims_02.csv", c02), ("claims_03.csv", c03), ("claims_04.csv", c04)):
         io.write_csv(table, TABLES / name)
     path = ch06.write_claims(ch06.stack_claims(TABLES), TABLES / "claims.csv")
-    print(f"wrote {path.relative_to(io.REPO_ROOT)}: {len(c02) + len(c03) + len(c04)} rows")
+    print(f"re-judged {len(c02) + len(c03) + len(c04)} rows; wrote {path.relative_to(io.REPO_ROOT)}: "
+          f"{len(pd.read_csv(path))} rows")
 
 
 if __name__ == "__main__":

@@ -36,14 +36,13 @@ _INTRO = {
              "interval over 2 seeds that cannot decide); untestable here (too few base hits: a floor); calibrated "
              "(a calibration target); mechanism (untrained inputs); findings: supported / not supported / "
              "inconclusive.",
-    "paper": "Paper profile (`make paper`: PAPER.md settings, 5 seeds, 100 epochs; run once on CPU and committed). "
-             "The executed notebooks with every figure are under [reports/paper/](reports/paper/): 01, 04 and 06 "
-             "are current; 02 and 03 were executed before the claims registry (their own verdict tables use the "
-             "old rules). The rows below are notebook 01's, notebook 04's (both real views: phenotype phrases and "
-             "the token view at the paper's lengths) and the committed paper-profile tables of 02 and 03 "
-             "re-judged with today's rules (`scripts/rejudge_paper.py`, no retraining): claims 1-4 synthetic and "
-             "1, 4-8 real; the synthetic claims 5-8 and notebook 05 need a paper run of the synthetic grid "
-             "(`make paper`, best on a GPU).",
+    "paper": "Paper profile (`make paper`: PAPER.md settings, 5 seeds, 100 epochs; run on a 2-core CPU and "
+             "committed). The executed notebooks 01-06 with every figure are under [reports/paper/](reports/paper/), "
+             "their trained weights and per-run tables under `reports/paper/cache/`, so a change of analysis "
+             "re-evaluates without retraining (`scripts/rejudge_paper.py` re-judges claims 1-4 and the real side "
+             "from the committed tables). The rows below are the notebooks' claims tables: 01's derivation, the "
+             "synthetic world of 02 and 03, both real views of 04 (phenotype phrases and the token view at the "
+             "paper's lengths) and 05's findings beyond the paper.",
 }
 #: The columns of claims tables written before the registry (verdicts under the old rules).
 LEGACY_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]
