@@ -173,7 +173,7 @@ def top_nongold_documents(scores: Tensor, gold: Tensor) -> Tensor:
     rel = relevance_mask(scores, gold)
     if bool(rel.all(1).any()):
         raise ValueError("gold: every query needs at least one non-gold document")
-    s = scores.masked_fill(rel, float("-inf"))
+    s = scores.masked_fill(rel, float("-inf")).to(torch.promote_types(scores.dtype, torch.float32))  # bf16 -> fp32
     best = s.amax(1, keepdim=True)
     tol = TIE_ULPS * torch.finfo(s.dtype).eps * best.abs().clamp_min(1.0)
     return (s >= best - tol).to(torch.uint8).argmax(1)  # first near-maximal document
