@@ -47,12 +47,13 @@ def main() -> None:
     inj = read("real_injection_04.csv").rename(columns=RENAMED)
     gi = read("real_gini_04.csv")
     softmax = next(s for s in inj[inj["kind"] == "gaussian"]["spec"].unique() if s.startswith("softmax"))
-    c04 = ch04.claims_table(gi, list(gi["pooling"].unique()), read("real_length_sweep_04.csv"), inj, softmax,
+    c04 = ch04.claims_table(gi, list(gi["pooling"].unique()), read("real_length_sweep_queries_04.csv"), inj, softmax,
                             where="04 real (HPO-Dx, MaxSim head)")
     if (TABLES / "real_view_injection_04.csv").exists():  # notebook 04's section 8, the token view
         vinj = read("real_view_injection_04.csv").rename(columns=RENAMED)
         view = vinj["task"].iloc[0]
-        vclaims = views.view_claims(view, read("real_view_gini_04.csv"), read("real_view_length_sweep_04.csv"), vinj)
+        vclaims = views.view_claims(view, read("real_view_gini_04.csv"), read("real_view_length_sweep_queries_04.csv"),
+                                    vinj)
         c04 = pd.concat([c04, vclaims], ignore_index=True)
     for name, table in (("claims_02.csv", c02), ("claims_03.csv", c03), ("claims_04.csv", c04)):
         io.write_csv(table, TABLES / name)

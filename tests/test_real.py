@@ -281,3 +281,42 @@ def test_neutral_pool_leaves_out_every_relevant_document():
     task = tasks.RealTask("multi", task.queries, task.documents, torch.tensor([0, 2]), task.query_ids, task.doc_ids,
                           meta={"relevance": R})
     torch.testing.assert_close(tasks.neutral_pool(task), torch.cat(task.documents[3:]))
+
+
+def test_length_sweep_queries_agree_with_its_metrics():
+    """One scoring pass per factor: the per-query Recall@1 averages to the corpus Recall@1 of the same factor."""
+    sw = real.length_sweep(random_task(nq=6, nd=15, seed=3), ["maxsim", "topk:2"], factors=[1, 3])
+    r1 = sw.metrics[sw.metrics.metric == "recall@1"].set_index(["factor", "pooling"])["value"]
+    per = sw.queries.groupby(["factor", "pooling"])["recall@1"].mean()
+    assert len(sw.queries) == 2 * 2 * 6 and np.allclose(per.loc[r1.index], r1)
+
+
+def _sweep_queries(hits: dict[tuple[str, int], list[float]]):
+    import pandas as pd
+
+    return pd.DataFrame([{"pooling": p, "factor": f, "query": q, "recall@1": h}
+                         for (p, f), hs in hits.items() for q, h in enumerate(hs)])
+
+
+def test_length_claims_follow_the_synthetic_rules_with_query_intervals():
+    n = 40
+    q = _sweep_queries({("MaxSim", 1): [1.0] * 30 + [0.0] * 10, ("MaxSim", 8): [1.0] * 3 + [0.0] * 37,
+                        ("Top-4", 1): [1.0] * 20 + [0.0] * 20, ("Top-4", 8): [1.0] * 15 + [0.0] * 25,
+                        ("Softmax", 1): [1.0] * 20 + [0.0] * 20, ("Softmax", 8): [1.0] * 16 + [0.0] * 24})
+    rows = {r["link"]: r for r in real.length_claims(q, ["MaxSim", "Top-4", "Softmax"], n_boot=500)}
+    falls = rows["falls with M, MaxSim"]
+    assert falls["ours"] == pytest.approx(3 / n - 30 / n) and falls["ci_low"] <= falls["ours"] <= falls["ci_high"]
+    assert falls["verdict"] == "reproduced" and falls["base_hits"] == 30 and falls["n_queries"] == n
+    fastest = rows["MaxSim falls fastest"]  # relative drops 0.9 vs 0.25 / 0.2
+    assert fastest["ours"] == pytest.approx(0.9 - 0.25) and fastest["verdict"] == "reproduced"
+    assert rows["Top-4 > MaxSim at large M"]["verdict"] == "reproduced"
+    assert all(-1 <= r["ci_low"] <= r["ci_high"] <= 1 for r in rows.values())
+
+
+def test_length_claims_call_floors_untestable():
+    q = _sweep_queries({(p, f): [1.0] * (2 if f == 1 else 0) + [0.0] * (38 if f == 1 else 40)
+                        for p in ("MaxSim", "Top-4", "Softmax") for f in (1, 8)})
+    rows = real.length_claims(q, ["MaxSim", "Top-4", "Softmax"], n_boot=200)
+    assert {r["verdict"] for r in rows} == {"untestable here"}  # 2 hits at factor 1, 0 at factor 8
+    with pytest.raises(ValueError, match="no complete"):
+        real.length_claims(q[(q["pooling"] != "Top-4") | (q["factor"] == 1)], ["MaxSim", "Top-4", "Softmax"])

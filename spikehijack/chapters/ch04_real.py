@@ -9,6 +9,7 @@ the claims (PAPER.md section 5).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ from ..core.metrics import gini, gold_rank, patch_gradient_norms, retrieval_metr
 from ..core.pooling import parse_pooling
 from ..core.scoring import pad
 from ..reporting import claims, evidence
-from ..reporting.stats import mean_ci, paired_test
+from ..reporting.stats import Resampler, mean_ci, paired_test
 from ..worlds.tasks import (
     RealTask,
     injection_scores_many,
@@ -33,10 +34,12 @@ from ..worlds.tasks import (
 )
 
 
-def evaluate(task: RealTask, poolings: Sequence[str], ks: tuple[int, ...] = (1, 5, 10)) -> pd.DataFrame:
-    """Tidy table (task, pooling, metric, value) of Recall@k, MRR and nDCG@5 for each pooling."""
+def evaluate(task: RealTask, poolings: Sequence[str], ks: tuple[int, ...] = (1, 5, 10),
+             scores: dict[str, Tensor] | None = None) -> pd.DataFrame:
+    """Tidy table (task, pooling, metric, value) of Recall@k, MRR and nDCG@5 for each pooling (``scores``: the
+    [Nq, Nd] scores of each pooling spec when already computed, e.g. by ``score_ragged_many``)."""
     rows = []
-    scores = score_ragged_many(task.queries, task.documents, poolings)
+    scores = scores or score_ragged_many(task.queries, task.documents, poolings)
     for spec in poolings:
         p = parse_pooling(spec)
         for metric, value in retrieval_metrics(scores[p.spec], relevance(task), ks).items():
@@ -44,12 +47,13 @@ def evaluate(task: RealTask, poolings: Sequence[str], ks: tuple[int, ...] = (1, 
     return pd.DataFrame(rows)
 
 
-def per_query(task: RealTask, poolings: Sequence[str]) -> pd.DataFrame:
-    """Per-query gold rank, Recall@1 and reciprocal rank with the gold document's length and the length of
-    the top-1 document (for length-bias readings)."""
+def per_query(task: RealTask, poolings: Sequence[str], scores: dict[str, Tensor] | None = None) -> pd.DataFrame:
+    """Per-query gold rank, Recall@1 (1 when a relevant document ranks first) and reciprocal rank with the gold
+    document's length and the length of the top-1 document (for length-bias readings); ``scores`` as in
+    ``evaluate``."""
     rows = []
     lengths = task.doc_lengths
-    scores = score_ragged_many(task.queries, task.documents, poolings)
+    scores = scores or score_ragged_many(task.queries, task.documents, poolings)
     for spec in poolings:
         p = parse_pooling(spec)
         S = scores[p.spec]
@@ -123,18 +127,27 @@ def length_bins(values: np.ndarray, edges: Sequence[int] = (1, 8, 16, 32, 64, 10
     return labels
 
 
-def length_sweep(task: RealTask, poolings: Sequence[str], factors: Sequence[int] = (1, 2, 4, 8), seed: int = 0,
-                 progress: bool = False) -> pd.DataFrame:
-    """Retrieval quality when every document is padded to factor x its length with neutral real patches.
+class LengthSweep(NamedTuple):
+    """The neutral length sweep: ``metrics`` (factor, task, pooling, spec, metric, value; ``evaluate`` per factor)
+    and ``queries`` (``per_query`` per factor: factor, pooling, spec, query, rank, recall@1, rr, ...), from one
+    scoring pass per factor."""
 
-    Rows: factor, pooling, metric, value (tidy)."""
+    metrics: pd.DataFrame
+    queries: pd.DataFrame
+
+
+def length_sweep(task: RealTask, poolings: Sequence[str], factors: Sequence[int] = (1, 2, 4, 8), seed: int = 0,
+                 progress: bool = False) -> LengthSweep:
+    """Retrieval quality when every document is padded to factor x its length with neutral real patches
+    (``pad_task``; factor f draws its padding with seed ``seed + f``): corpus metrics and per-query ranks."""
     pool = neutral_pool(task)
-    frames = []
+    metrics, queries = [], []
     for f in tqdm(factors, desc="length sweep", disable=not progress):
         t = pad_task(task, int(f), pool, seed=seed + int(f))
-        ev = evaluate(t, poolings)
-        frames.append(ev.assign(factor=int(f), task=task.name))
-    return pd.concat(frames, ignore_index=True)
+        scores = score_ragged_many(t.queries, t.documents, poolings)
+        metrics.append(evaluate(t, poolings, scores=scores).assign(factor=int(f), task=task.name))
+        queries.append(per_query(t, poolings, scores=scores).assign(factor=int(f), task=task.name))
+    return LengthSweep(pd.concat(metrics, ignore_index=True), pd.concat(queries, ignore_index=True))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,14 +249,58 @@ def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd
     return pd.DataFrame(rows)
 
 
+def length_claims(queries: pd.DataFrame, order: Sequence[str], world: str = "real", where: str = "04 real",
+                  n_boot: int = evidence.N_BOOT) -> list[dict[str, object]]:
+    """Claim 4 from the per-query length sweep (``LengthSweep.queries``) by the rules of the synthetic world
+    (``ch03_tradeoff.claims_length``): for each pooling of ``order`` (labels: MaxSim, Top-k, softmax) Recall@1
+    at the largest factor minus at factor 1 is < 0; MaxSim's relative drop exceeds the largest other; Top-k
+    beats MaxSim at the largest factor. Intervals from one paired bootstrap over queries (the same draws for
+    every pooling and factor, ``stats.Resampler``); a difference resting on fewer than ``claims.MIN_BASE_HITS``
+    hits (at factor 1 for the drops; at the largest factor in both arms for the last link) is untestable here."""
+    f0, f1 = int(queries["factor"].min()), int(queries["factor"].max())
+    wide = queries.pivot_table(index=["pooling", "factor"], columns="query", values="recall@1")
+    missing = [(p, f) for p in order for f in (f0, f1) if (p, f) not in wide.index]
+    if missing or wide.isna().any().any():
+        raise ValueError(f"queries: no complete (pooling, factor, query) grid (missing {missing})")
+    boot = Resampler([wide.shape[1]], n_boot, 0)
+    est = {key: boot.estimate(wide.loc[key].to_numpy()[None]) for key in wide.index}  # (point, replicates [B])
+    hits = wide.sum(axis=1)
+
+    def row(link: str, quantity: str, point: float, reps: np.ndarray, base: float, above: bool) -> dict[str, object]:
+        lo, hi = evidence.interval(reps)
+        verdict = "untestable here" if claims.floor(base) else claims.direction(lo, hi, above=above)
+        return claims.row("4", link, world, quantity, "< 0" if not above else "> 0", point, lo, hi, verdict, where,
+                          n_queries=wide.shape[1], base_hits=base)
+
+    def diff(a: tuple[str, int], b: tuple[str, int]) -> tuple[float, np.ndarray]:
+        return est[a][0] - est[b][0], est[a][1] - est[b][1]
+
+    def relative(p: str) -> tuple[float, np.ndarray]:  # 1 - R@1(f1) / R@1(f0); NaN without hits at f0
+        (a, a_reps), (b, b_reps) = est[(p, f1)], est[(p, f0)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (1 - a / b if b > 0 else float("nan"),
+                    np.where(b_reps > 0, 1 - a_reps / np.where(b_reps > 0, b_reps, 1), np.nan))
+
+    maxsim, topk, others = order[0], order[1], list(order[1:])
+    rows = [row(f"falls with M, {p}", f"Recall@1(x{f1}) - Recall@1(x{f0}), neutral padding", *diff((p, f1), (p, f0)),
+                hits[(p, f0)], above=False) for p in order]
+    own, rest = relative(maxsim), [relative(p) for p in others]
+    rows.append(row("MaxSim falls fastest", f"relative Recall@1 drop x{f0} -> x{f1}, MaxSim - largest other",
+                    float(own[0] - np.nanmax([r[0] for r in rest])), own[1] - np.fmax.reduce([r[1] for r in rest]),
+                    min(hits[(p, f0)] for p in order), above=True))
+    rows.append(row(f"{topk} > MaxSim at large M", f"Recall@1 {topk} - MaxSim at x{f1}",
+                    *diff((topk, f1), (maxsim, f1)), hits[(topk, f1)] + hits[(maxsim, f1)], above=True))
+    return rows
+
+
 def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFrame, inj: pd.DataFrame,
                  softmax: str, K: int = 100, loss: str = "pair", where: str = "04 real",
                  world: str = "real") -> pd.DataFrame:
     """Evidence for claims 1 and 4-8 of PAPER.md section 5 on the real benchmark, one row per link, judged by
-    ``reporting.claims``: claim 1 from paired t-intervals of per-query Gini differences; claim 4 from the length
-    sweep, one deterministic evaluation (no interval: indicative at best); claims 5-8 from the per-query
-    injection table by ``reporting.evidence`` (bootstrap over queries), with ``softmax`` the validated spec.
-    ``world`` names the view ("real": phrase patches; "real tokens": the token view)."""
+    ``reporting.claims``: claim 1 from paired t-intervals of per-query Gini differences; claim 4 from the
+    per-query length sweep ``sweep`` (``LengthSweep.queries``) by ``length_claims``; claims 5-8 from the
+    per-query injection table by ``reporting.evidence`` (bootstrap over queries), with ``softmax`` the validated
+    spec. ``world`` names the view ("real": phrase patches; "real tokens": the token view)."""
     rows = []
     g = gi[gi.loss == loss]
     for a, b in zip(gini_order[:-1], gini_order[1:], strict=True):  # claim 1: two links of the ordering
@@ -259,21 +316,7 @@ def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFram
         rows.append(claims.row("1", f"level, {lab}", world, f"gold-pair patch-gradient Gini ({loss} loss), {lab} "
                                f"(bound 1 - T/M here {bound:.3f}; paper's M ~ 766: 0.979)", f"{paper}", m, lo, hi,
                                claims.similar(lo, hi, claims.GINI_LEVEL_MARGIN, paper), where, n_queries=len(x)))
-    maxsim, topk, sm = (parse_pooling(s).label for s in ("maxsim", "topk:4", softmax))
-    r1 = sweep[sweep.metric == "recall@1"].pivot_table(index="factor", columns="pooling", values="value")
-    f0, f1 = r1.index.min(), r1.index.max()
-    drop = r1.loc[f0] - r1.loc[f1]
-    for lab in (maxsim, topk, sm):  # claim 4: one evaluation per factor, no interval
-        d = float(drop[lab])
-        rows.append(claims.row("4", f"falls with M, {lab}", world, f"Recall@1 drop x{f0} -> x{f1} neutral padding",
-                               "> 0", d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
-    rel = drop / r1.loc[f0].where(r1.loc[f0] > 0)
-    d = float(rel[maxsim] - rel[[topk, sm]].max())
-    rows.append(claims.row("4", "MaxSim falls fastest", world, f"relative Recall@1 drop x{f0} -> x{f1}, MaxSim - "
-                           "largest other", "> 0", d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
-    d = float(r1.loc[f1, topk] - r1.loc[f1, maxsim])
-    rows.append(claims.row("4", f"{topk} > MaxSim at large M", world, f"Recall@1 {topk} - MaxSim at x{f1}", "> 0",
-                           d, d, d, claims.direction(d, d, n_seeds=1), where, n_seeds=1))
+    rows += length_claims(sweep, [parse_pooling(s).label for s in ("maxsim", "topk:4", softmax)], world, where)
     ev = evidence.Injection(inj.assign(pooling=inj["spec"], seed=0), world, where)
     rows += evidence.collapse(ev, ["maxsim", "topk:4"], K, {"maxsim": "0.278", "topk:4": "0.293"})
     rows += evidence.keeps_more(ev, softmax, ["maxsim", "topk:4"], K, "+0.38 (0.676 vs 0.293)")

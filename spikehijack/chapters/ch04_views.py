@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..worlds.tasks import RealTask, build_hpo_dx
-from .ch04_real import claims_table, evaluate, gold_pair_gini, injection_experiment, length_sweep
+from .ch04_real import LengthSweep, claims_table, evaluate, gold_pair_gini, injection_experiment, length_sweep
 
 #: The views section 8 of notebook 04 can run on: name -> (world of its claims rows, what a document is).
 VIEWS = {"hpo-dx-tokens": ("real tokens", "a disease as the MiniLM token vectors of its phenotype names (offline)"),
@@ -58,15 +58,16 @@ class ViewEvidence:
     tau: float
     quality: pd.DataFrame
     gini: pd.DataFrame
-    sweep: pd.DataFrame
+    sweep: LengthSweep
     injection: pd.DataFrame
     claims: pd.DataFrame
 
 
 def view_claims(view: str, gi: pd.DataFrame, sweep: pd.DataFrame, inj: pd.DataFrame, K: int = 100) -> pd.DataFrame:
-    """Claims 1 and 4-8 of a view (a task name) from its tables (``claims_table``): the Gini ordering as ``gi``
-    lists its poolings, softmax the one softmax spec of ``inj``, the world from ``VIEWS`` ("real <view>" for a
-    task of your own), where "04 real (<view>, zero-shot)". Notebook 04 and ``scripts/rejudge_paper.py`` both
+    """Claims 1 and 4-8 of a view (a task name) from its tables (``claims_table``; ``sweep`` is the per-query
+    length sweep, ``LengthSweep.queries``): the Gini ordering as ``gi`` lists its poolings, softmax the one
+    softmax spec of ``inj``, the world from ``VIEWS`` ("real <view>" for a task of your own), where
+    "04 real (<view>, zero-shot)". Notebook 04 and ``scripts/rejudge_paper.py`` both
     judge a view by it."""
     softmax = next(s for s in inj["spec"].unique() if s.startswith("softmax"))
     world = VIEWS[view][0] if view in VIEWS else f"real {view}"
@@ -92,7 +93,8 @@ def view_evidence(task: RealTask, tau: float, Ks: Sequence[int], factors: Sequen
     inj = pd.concat([injection_experiment(task, main, Ks, spike_size=spike_size, seed=seed, progress=progress),
                      injection_experiment(task, ["topk:1", "topk:16"], [0, K], kinds=("spike",),
                                           spike_size=spike_size, seed=seed)], ignore_index=True)
-    return ViewEvidence(task.name, float(tau), quality, gi, sweep, inj, view_claims(task.name, gi, sweep, inj, K))
+    return ViewEvidence(task.name, float(tau), quality, gi, sweep, inj,
+                        view_claims(task.name, gi, sweep.queries, inj, K))
 
 
 def compare_views(*tables: pd.DataFrame) -> pd.DataFrame:

@@ -45,6 +45,20 @@ def label(spec: str) -> str:
     return parse_pooling(spec).label
 
 
+def interval(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval at ``level`` of bootstrap replicates [B], NaN replicates left out; (NaN, NaN) when
+    every replicate is NaN.
+
+    >>> [round(x, 6) for x in interval(np.array([np.nan, *range(101)]))]
+    [2.5, 97.5]
+    """
+    ok = reps[np.isfinite(reps)]
+    if not ok.size:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(ok, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 class Injection:
     """Bootstrap view of one per-query injection table (module docstring) in one world.
 
@@ -96,8 +110,7 @@ class Injection:
             base_hits: float | None = None) -> dict[str, object]:
         """A claims row from a point estimate and its replicates; ``rule(low, high, n_seeds)`` gives the verdict
         (floors, NaN and the seed cap are applied here)."""
-        ok = reps[np.isfinite(reps)]
-        lo, hi = (np.quantile(ok, [(1 - LEVEL) / 2, (1 + LEVEL) / 2]) if ok.size else (np.nan, np.nan))
+        lo, hi = interval(reps)
         if base_hits is not None and claims.floor(base_hits):
             verdict = "untestable here"
         else:
