@@ -48,7 +48,7 @@ def main() -> None:
     gi = read("real_gini_04.csv")
     softmax = next(s for s in inj[inj["kind"] == "gaussian"]["spec"].unique() if s.startswith("softmax"))
     c04 = ch04.claims_table(gi, list(gi["pooling"].unique()), read("real_length_sweep_queries_04.csv"), inj, softmax,
-                            where="04 real (HPO-Dx, MaxSim head)")
+                            where="04 real (HPO-Dx, MaxSim head)", n_seeds=1)
     if (TABLES / "real_view_injection_04.csv").exists():  # notebook 04's section 8, the token view
         vinj = read("real_view_injection_04.csv").rename(columns=RENAMED)
         view = vinj["task"].iloc[0]

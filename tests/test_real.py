@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -291,9 +292,7 @@ def test_length_sweep_queries_agree_with_its_metrics():
     assert len(sw.queries) == 2 * 2 * 6 and np.allclose(per.loc[r1.index], r1)
 
 
-def _sweep_queries(hits: dict[tuple[str, int], list[float]]):
-    import pandas as pd
-
+def _sweep_queries(hits: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
     return pd.DataFrame([{"pooling": p, "factor": f, "query": q, "recall@1": h}
                          for (p, f), hs in hits.items() for q, h in enumerate(hs)])
 
@@ -320,3 +319,32 @@ def test_length_claims_call_floors_untestable():
     assert {r["verdict"] for r in rows} == {"untestable here"}  # 2 hits at factor 1, 0 at factor 8
     with pytest.raises(ValueError, match="no complete"):
         real.length_claims(q[(q["pooling"] != "Top-4") | (q["factor"] == 1)], ["MaxSim", "Top-4", "Softmax"])
+
+
+def test_cached_head_trains_once_per_config(tmp_path):
+    calls = []
+
+    def train():
+        calls.append(1)
+        return heads.ProjectionHead(6, 4, seed=len(calls)), pd.DataFrame({"step": [0], "loss": [1.5]})
+
+    h1, hist1 = heads.cached_head(tmp_path, {"seed": 0}, train)
+    h2, hist2 = heads.cached_head(tmp_path, {"seed": 0}, train)  # loaded, not retrained
+    assert len(calls) == 1 and torch.equal(h1.linear.weight, h2.linear.weight) and hist2.loss.tolist() == [1.5]
+    x = torch.randn(3, 6)
+    assert torch.equal(h1(x), h2(x))
+    heads.cached_head(tmp_path, {"seed": 1}, train)
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_one_trained_head_makes_decided_real_verdicts_indicative():
+    """A view behind one trained head (n_seeds=1) cannot decide: intervals over queries miss the variance between
+    trainings; the same tables zero-shot (n_seeds None) keep their verdicts."""
+    ev = views.view_evidence(random_task(nq=12, nd=30, d=8, seed=7), 0.1, Ks=[0, 5], factors=[1, 2], K=5,
+                             spike_size=2)
+    order = list(ev.gini["pooling"].unique())
+    zero = real.claims_table(ev.gini, order, ev.sweep.queries, ev.injection, "softmax:0.1", K=5)
+    one = real.claims_table(ev.gini, order, ev.sweep.queries, ev.injection, "softmax:0.1", K=5, n_seeds=1)
+    decided = zero["verdict"].isin(["reproduced", "partly reproduced", "not reproduced"])
+    assert decided.any() and (one.loc[decided, "verdict"] == "indicative").all()
+    assert (one.loc[~decided, "verdict"] == zero.loc[~decided, "verdict"]).all() and (one["n_seeds"] == 1).all()

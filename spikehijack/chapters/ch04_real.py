@@ -250,13 +250,14 @@ def gini_tests(gi: pd.DataFrame, order: Sequence[str], loss: str = "pair") -> pd
 
 
 def length_claims(queries: pd.DataFrame, order: Sequence[str], world: str = "real", where: str = "04 real",
-                  n_boot: int = evidence.N_BOOT) -> list[dict[str, object]]:
+                  n_seeds: int | None = None, n_boot: int = evidence.N_BOOT) -> list[dict[str, object]]:
     """Claim 4 from the per-query length sweep (``LengthSweep.queries``) by the rules of the synthetic world
     (``ch03_tradeoff.claims_length``): for each pooling of ``order`` (labels: MaxSim, Top-k, softmax) Recall@1
     at the largest factor minus at factor 1 is < 0; MaxSim's relative drop exceeds the largest other; Top-k
     beats MaxSim at the largest factor. Intervals from one paired bootstrap over queries (the same draws for
     every pooling and factor, ``stats.Resampler``); a difference resting on fewer than ``claims.MIN_BASE_HITS``
-    hits (at factor 1 for the drops; at the largest factor in both arms for the last link) is untestable here."""
+    hits (at factor 1 for the drops; at the largest factor in both arms for the last link) is untestable here.
+    ``n_seeds``: trained models behind the sweep (``claims.few_seeds``; None for a zero-shot model)."""
     f0, f1 = int(queries["factor"].min()), int(queries["factor"].max())
     wide = queries.pivot_table(index=["pooling", "factor"], columns="query", values="recall@1")
     missing = [(p, f) for p in order for f in (f0, f1) if (p, f) not in wide.index]
@@ -268,9 +269,10 @@ def length_claims(queries: pd.DataFrame, order: Sequence[str], world: str = "rea
 
     def row(link: str, quantity: str, point: float, reps: np.ndarray, base: float, above: bool) -> dict[str, object]:
         lo, hi = evidence.interval(reps)
-        verdict = "untestable here" if claims.floor(base) else claims.direction(lo, hi, above=above)
+        verdict = "untestable here" if claims.floor(base) else claims.few_seeds(
+            claims.direction(lo, hi, above=above), n_seeds)
         return claims.row("4", link, world, quantity, "< 0" if not above else "> 0", point, lo, hi, verdict, where,
-                          n_queries=wide.shape[1], base_hits=base)
+                          n_seeds=n_seeds, n_queries=wide.shape[1], base_hits=base)
 
     def diff(a: tuple[str, int], b: tuple[str, int]) -> tuple[float, np.ndarray]:
         return est[a][0] - est[b][0], est[a][1] - est[b][1]
@@ -295,12 +297,15 @@ def length_claims(queries: pd.DataFrame, order: Sequence[str], world: str = "rea
 
 def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFrame, inj: pd.DataFrame,
                  softmax: str, K: int = 100, loss: str = "pair", where: str = "04 real",
-                 world: str = "real") -> pd.DataFrame:
+                 world: str = "real", n_seeds: int | None = None) -> pd.DataFrame:
     """Evidence for claims 1 and 4-8 of PAPER.md section 5 on the real benchmark, one row per link, judged by
     ``reporting.claims``: claim 1 from paired t-intervals of per-query Gini differences; claim 4 from the
     per-query length sweep ``sweep`` (``LengthSweep.queries``) by ``length_claims``; claims 5-8 from the
     per-query injection table by ``reporting.evidence`` (bootstrap over queries), with ``softmax`` the validated
-    spec. ``world`` names the view ("real": phrase patches; "real tokens": the token view)."""
+    spec. ``world`` names the view ("real": phrase patches; "real tokens": the token view). ``n_seeds``: the
+    trained models behind the tables (notebook 04's phrase view: one projection head, so a decided verdict is
+    indicative, ``claims.few_seeds``: intervals over its queries cannot see the variance between trainings);
+    None for a zero-shot model, whose queries are the unit."""
     rows = []
     g = gi[gi.loss == loss]
     for a, b in zip(gini_order[:-1], gini_order[1:], strict=True):  # claim 1: two links of the ordering
@@ -308,16 +313,19 @@ def claims_table(gi: pd.DataFrame, gini_order: Sequence[str], sweep: pd.DataFram
         y = g[g.pooling == b].sort_values("query").gini.to_numpy()
         m, lo, hi = mean_ci(x - y, bounds=(-1, 1))
         rows.append(claims.row("1", f"{a} > {b}", world, f"gold-pair patch-gradient Gini ({loss} loss), {a} - {b}",
-                               "> 0 (p < 1e-80)", m, lo, hi, claims.direction(lo, hi), where, n_queries=len(x)))
+                               "> 0 (p < 1e-80)", m, lo, hi, claims.few_seeds(claims.direction(lo, hi), n_seeds),
+                               where, n_seeds=n_seeds, n_queries=len(x)))
     bound = float(g[g.pooling == gini_order[0]].bound.mean())
     for lab, paper in zip(gini_order, (0.983, 0.951, 0.883), strict=False):
         x = g[g.pooling == lab].gini.to_numpy()
         m, lo, hi = mean_ci(x, bounds=(0, 1))
         rows.append(claims.row("1", f"level, {lab}", world, f"gold-pair patch-gradient Gini ({loss} loss), {lab} "
                                f"(bound 1 - T/M here {bound:.3f}; paper's M ~ 766: 0.979)", f"{paper}", m, lo, hi,
-                               claims.similar(lo, hi, claims.GINI_LEVEL_MARGIN, paper), where, n_queries=len(x)))
-    rows += length_claims(sweep, [parse_pooling(s).label for s in ("maxsim", "topk:4", softmax)], world, where)
-    ev = evidence.Injection(inj.assign(pooling=inj["spec"], seed=0), world, where)
+                               claims.few_seeds(claims.similar(lo, hi, claims.GINI_LEVEL_MARGIN, paper), n_seeds),
+                               where, n_seeds=n_seeds, n_queries=len(x)))
+    rows += length_claims(sweep, [parse_pooling(s).label for s in ("maxsim", "topk:4", softmax)], world, where,
+                          n_seeds)
+    ev = evidence.Injection(inj.assign(pooling=inj["spec"], seed=0), world, where, trained=n_seeds)
     rows += evidence.collapse(ev, ["maxsim", "topk:4"], K, {"maxsim": "0.278", "topk:4": "0.293"})
     rows += evidence.keeps_more(ev, softmax, ["maxsim", "topk:4"], K, "+0.38 (0.676 vs 0.293)")
     rows += evidence.larger_k(ev, ["topk:1", "topk:4", "topk:16"], K, "0.28-0.30 for k = 1, 4, 16")

@@ -36,8 +36,9 @@ from ..core.device import default_dtype
 from ..core.metrics import gini, gold_rank, patch_gradient_norms
 from ..core.pooling import parse_pooling
 from ..core.scoring import score_matrix
+from ..runner import heads
 from ..runner.groups import grid_configs, group, load_group_models, run_groups, world_of
-from ..runner.heads import ProjectionHead, train_head
+from ..runner.heads import train_head
 from ..runner.sweeps import run_grid, run_key
 from ..worlds import hpo as hpo_mod
 from ..worlds import tasks
@@ -273,7 +274,7 @@ def head_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame
         diseases = tasks.train_diseases(H, task, config["n_train"], seed=config["seed"])
         head, hist = train_head(H, enc, diseases, pooling=config["pooling"], steps=config["steps"],
                                 seed=config["seed"])
-    io.write_npz(Path(weights_dir) / f"{run_key(config)}.npz", weight=head.linear.weight.detach().cpu().numpy())
+    heads.save_head(head, Path(weights_dir) / f"{run_key(config)}.npz")
     return hist
 
 
@@ -288,11 +289,7 @@ def head_configs(profile: str) -> list[dict[str, Any]]:
 
 def load_head(key: str, weights_dir: str | Path) -> torch.nn.Module:
     """The trained ``runner.heads.ProjectionHead`` of the cached head run with run key ``key``."""
-    w = torch.as_tensor(io.read_npz(Path(weights_dir) / f"{key}.npz")["weight"])
-    head = ProjectionHead(w.shape[1], w.shape[0])
-    with torch.no_grad():
-        head.linear.weight.copy_(w)
-    return head.eval()
+    return heads.load_head(Path(weights_dir) / f"{key}.npz")
 
 
 def real_eval_run(config: Mapping[str, Any], weights_dir: str | Path) -> pd.DataFrame:

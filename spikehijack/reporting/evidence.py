@@ -62,11 +62,13 @@ def interval(reps: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
 class Injection:
     """Bootstrap view of one per-query injection table (module docstring) in one world.
 
-    ``n_seeds`` of the rows it writes: the number of trained seeds in the synthetic world, None in the real one
-    (one MaxSim model; queries are the unit).
+    ``n_seeds`` of the rows it writes: the number of trained seeds in the synthetic world; in the real one
+    ``trained``, the number of trained models behind the table (one projection head: 1, so a decided verdict is
+    indicative, ``claims.few_seeds``), None for a zero-shot model (queries are the unit).
     """
 
-    def __init__(self, table: pd.DataFrame, world: str, where: str, n_boot: int = N_BOOT, seed: int = 0):
+    def __init__(self, table: pd.DataFrame, world: str, where: str, n_boot: int = N_BOOT, seed: int = 0,
+                 trained: int | None = None):
         missing = {"seed", "query", "kind", "K", "pooling", "hit", "hijack_rate"} - set(table.columns)
         if missing:
             raise ValueError(f"table: missing columns {sorted(missing)}")
@@ -75,7 +77,7 @@ class Injection:
         self.queries = sorted(table["query"].unique())
         S, Q = len(self.seeds), len(self.queries)
         self.boot = Resampler([Q] * S, n_boot, seed)  # one set of draws for every arm: paired
-        self.n_seeds = S if world == "synthetic" else None
+        self.n_seeds = S if world == "synthetic" else trained
         self.n_queries = Q
         self._arr = cache(self._array)
 

@@ -3,7 +3,9 @@ InfoNCE on simulated patients of diseases disjoint from the evaluation corpus, u
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -12,10 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import io
 from ..core.checks import check_positive_int
 from ..core.metrics import infonce_loss
 from ..core.scoring import pad, score_matrix
 from ..worlds import hpo as hpo_mod
+from .sweeps import run_key
 
 
 class ProjectionHead(nn.Module):
@@ -82,3 +86,34 @@ def train_head(
         history.append({"step": step, "loss": float(loss.detach())})
     head.eval()
     return head, pd.DataFrame(history)
+
+
+def save_head(head: ProjectionHead, path: str | Path) -> Path:
+    """Write a head's weight [out_dim, in_dim] to an npz file (atomically)."""
+    return io.write_npz(path, weight=head.linear.weight.detach().cpu().numpy())
+
+
+def load_head(path: str | Path) -> ProjectionHead:
+    """The ``ProjectionHead`` whose weight ``save_head`` wrote to ``path`` (never unpickles)."""
+    w = torch.as_tensor(io.read_npz(path)["weight"])
+    head = ProjectionHead(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        head.linear.weight.copy_(w)
+    return head.eval()
+
+
+def cached_head(cache: str | Path, config: Mapping[str, Any],
+                train: Callable[[], tuple[ProjectionHead, pd.DataFrame]]) -> tuple[ProjectionHead, pd.DataFrame]:
+    """(head, loss history) of ``train()``, trained once per ``config``: the weight is kept at
+    ``cache/<run_key(config)>.npz`` and the history beside it (.csv), both written atomically; a later call with
+    the same config loads them, so a change of analysis re-evaluates the same head (the paper profile commits
+    its cache, ``io.cache_dir``)."""
+    base = Path(cache) / run_key(config)
+    npz, csv = base.with_suffix(".npz"), base.with_suffix(".csv")
+    if npz.exists() and csv.exists():
+        return load_head(npz), pd.read_csv(csv)
+    head, history = train()
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    save_head(head, npz)
+    io.write_csv(history, csv)
+    return head, history
