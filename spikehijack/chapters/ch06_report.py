@@ -32,8 +32,9 @@ _INTRO = {
     "quick": "Quick profile (`make reproduce`, CPU). Paper: the number the paper reports; ours: mean with its 95 % "
              "confidence interval; the full report with figures is "
              "[notebooks/06_reproduction_report.ipynb](notebooks/06_reproduction_report.ipynb). Verdicts "
-             "(rules in `spikehijack/reporting/claims.py`): reproduced / partly / not reproduced; indicative (an "
-             "interval over 2 seeds that cannot decide); untestable here (too few base hits: a floor); calibrated "
+             "(rules in `spikehijack/reporting/claims.py`): reproduced / partly / not reproduced; indicative (fewer "
+             "than 3 trained seeds, or notebook 04's one trained head: an interval over queries cannot see the "
+             "variance between trainings); untestable here (too few base hits: a floor); calibrated "
              "(a calibration target); mechanism (untrained inputs); findings: supported / not supported / "
              "inconclusive.",
     "paper": "Paper profile (`make paper`: PAPER.md settings, 5 seeds, 100 epochs; run on a 2-core CPU and "
@@ -42,7 +43,8 @@ _INTRO = {
              "re-evaluates without retraining (`scripts/rejudge_paper.py` re-judges claims 1-4 and the real side "
              "from the committed tables). The rows below are the notebooks' claims tables: 01's derivation, the "
              "synthetic world of 02 and 03, both real views of 04 (phenotype phrases and the token view at the "
-             "paper's lengths) and 05's findings beyond the paper.",
+             "paper's lengths) and 05's findings beyond the paper. The phrase view rests on one trained projection "
+             "head, so its decided verdicts are indicative; the token view is zero-shot and decides per query.",
 }
 #: The columns of claims tables written before the registry (verdicts under the old rules).
 LEGACY_COLUMNS = ["claim", "quantity", "paper", "ours", "ci_low", "ci_high", "verdict", "where"]
